@@ -1,0 +1,32 @@
+"""jaxmodels: pure Flax Linen models, one pure train step, sharding as data.
+
+    import jaxmodels
+    config = jaxmodels.load_config("experiments/configs/seed_cnn_mnist.py")
+    summary = jaxmodels.train(config, "runs/seed_cnn")
+
+Importing this package changes no global JAX setting and touches no file or network.
+"""
+
+from jaxmodels.config import Config, DataConfig, OptimizerConfig, TrainConfig, apply_overrides
+from jaxmodels.config import load as load_config
+from jaxmodels.errors import ConfigError, DataError, UserError
+
+__version__ = "0.1.0"
+
+
+def train(config: Config, workdir) -> dict:
+    """Trains `config`, writing results into `workdir`; returns the summary (see train/loop.py)."""
+    from jaxmodels.train import loop
+
+    return loop.train(config, workdir)
+
+
+def evaluate(config: Config, workdir, split: str | None = None) -> dict:
+    """Evaluates the weights saved by a training run in `workdir`."""
+    from jaxmodels.train import loop
+
+    return loop.evaluate(config, workdir, split=split)
+
+
+__all__ = ["Config", "DataConfig", "OptimizerConfig", "TrainConfig", "apply_overrides",
+           "load_config", "train", "evaluate", "ConfigError", "DataError", "UserError"]

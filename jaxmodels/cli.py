@@ -1,0 +1,93 @@
+"""The `jaxmodels` command: parses arguments, then calls `jaxmodels.train` / `jaxmodels.evaluate`.
+
+  jaxmodels train [CONFIG] [KEY=VALUE ...] [--workdir DIR] [--tiny]
+  jaxmodels eval CONFIG [KEY=VALUE ...] --workdir DIR [--split test|validation]
+
+Without CONFIG, `train` runs the embedded default: the classic CNN on MNIST for 10 epochs.
+Problems with the input print one line and exit with status 2 (`--debug` shows the traceback).
+"""
+
+import argparse
+import json
+import pathlib
+import sys
+
+from jaxmodels import config as config_lib
+from jaxmodels.errors import UserError
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="jaxmodels", description=__doc__.split("\n")[0])
+    parser.add_argument("--debug", action="store_true", help="show Python tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def common(p, config_required: bool):
+        p.add_argument("config", nargs=None if config_required else "?",
+                       help="path to an experiment file defining get_config(tiny=False)")
+        p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                       help="dotted overrides, e.g. train.epochs=1 optimizer.learning_rate=3e-4")
+        p.add_argument("--tiny", action="store_true", help="the config's tiny variant (seconds)")
+        p.add_argument("--debug", action="store_true", help="show Python tracebacks")
+
+    train = sub.add_parser("train", help="train a config and write results into --workdir")
+    common(train, config_required=False)
+    train.add_argument("--workdir", default=None,
+                       help="output folder (default: runs/<config name>)")
+
+    ev = sub.add_parser("eval", help="evaluate the weights a training run saved in --workdir")
+    common(ev, config_required=True)
+    ev.add_argument("--workdir", required=True)
+    ev.add_argument("--split", choices=("validation", "test"), default=None,
+                    help="default: the config's data.eval_split")
+    return parser
+
+
+def _resolve(args) -> config_lib.Config:
+    # A KEY=VALUE given where CONFIG goes is an override of the default config.
+    overrides = list(args.overrides)
+    if args.config is not None and "=" in args.config and not pathlib.Path(args.config).exists():
+        overrides.insert(0, args.config)
+        args.config = None
+    if args.config is None:
+        config = config_lib.Config(name="seed_cnn_mnist")
+        if args.tiny:
+            raise UserError("--tiny needs a CONFIG file (the default has no tiny variant): try experiments/configs/seed_cnn_mnist.py --tiny")
+    else:
+        config = config_lib.load(args.config, tiny=args.tiny)
+    return config_lib.apply_overrides(config, overrides)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    # Overrides may also follow flags (`CONFIG --tiny train.steps=5`), which argparse alone
+    # leaves over as unknown arguments.
+    args, rest = parser.parse_known_args(argv)
+    stray = [r for r in rest if r.startswith("-") or "=" not in r]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    args.overrides = list(args.overrides) + rest
+    try:
+        config = _resolve(args)
+        # Imported here so that `jaxmodels --help` and config errors answer before JAX starts.
+        from jaxmodels.train import loop
+
+        if args.command == "train":
+            workdir = args.workdir or str(pathlib.Path("runs") / config.name)
+            summary = loop.train(config, workdir)
+            print(json.dumps({k: summary[k] for k in ("step", "eval_split", "eval_loss", "eval_accuracy", "wall_time_s", "examples_per_sec")}))
+        else:
+            result = loop.evaluate(config, args.workdir, split=args.split)
+            print(json.dumps(result))
+    except UserError as e:
+        if args.debug:
+            raise
+        print(f"jaxmodels: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("jaxmodels: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

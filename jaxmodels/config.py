@@ -1,0 +1,315 @@
+"""Typed, frozen experiment configuration.
+
+A `Config` is four sections, each a frozen dataclass whose fields are declared once, with their
+defaults, here (model hyper-parameters live beside their model in `jaxmodels.models`). The
+defaults are the framework's "hello world": the classic CNN on MNIST for 10 epochs.
+
+Experiment files (`experiments/configs/*.py`) define `get_config(tiny: bool = False) -> Config`.
+Command-line overrides are dotted `KEY=VALUE` pairs (`train.epochs=1`) parsed against the field's
+declared type; unknown keys, wrong types and impossible values are one-line `ConfigError`s that
+name the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import importlib.util
+import json
+import pathlib
+import types
+import typing
+from typing import Any, Literal
+
+from jaxmodels import models
+from jaxmodels.errors import ConfigError
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    dataset: Literal["mnist", "fashion_mnist", "digits"] = "mnist"
+    batch_size: int = 32
+    # Evaluation batches are padded and masked, so this never drops an example.
+    eval_batch_size: int = 500
+    # "standardize": (x/255 - mean)/std with the train split's statistics; "unit": x/255.
+    normalization: Literal["standardize", "unit"] = "standardize"
+    # The held-out split reported as eval_* at the end of training. Validation is used during it.
+    eval_split: Literal["validation", "test"] = "test"
+    data_dir: str | None = None
+    # Allow fetching from the dataset's canonical URL when it is not installed locally.
+    download: bool = False
+    # A base URL that replaces the canonical download host (a local mirror; tests use 127.0.0.1).
+    mirror: str | None = None
+
+    def problems(self):
+        out = [(n, f"must be positive, got {getattr(self, n)}")
+               for n in ("batch_size", "eval_batch_size") if getattr(self, n) <= 0]
+        return out
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerConfig:
+    name: Literal["sgd", "adam", "adamw", "lion", "adafactor"] = "adam"
+    learning_rate: float = 1e-3
+    schedule: Literal["constant", "warmup_cosine", "warmup_linear"] = "constant"
+    warmup_steps: int = 0
+    # Decaying schedules end at learning_rate * final_lr_fraction.
+    final_lr_fraction: float = 0.0
+    # sgd only.
+    momentum: float = 0.0
+    nesterov: bool = False
+    # adam, adamw, lion (lion's usual b2 is 0.99: set it explicitly).
+    b1: float = 0.9
+    b2: float = 0.999
+    eps: float = 1e-8
+    # adamw, lion, adafactor. adamw skips biases and normalisation scales (parameters of rank 1).
+    weight_decay: float = 0.0
+    # Global-norm clipping of the (accumulated) gradient; None disables it.
+    grad_clip_norm: float | None = None
+
+    def problems(self):
+        out = []
+        if not self.learning_rate > 0:
+            out.append(("learning_rate", f"must be positive, got {self.learning_rate}"))
+        if self.warmup_steps < 0:
+            out.append(("warmup_steps", f"must be >= 0, got {self.warmup_steps}"))
+        if not 0.0 <= self.final_lr_fraction <= 1.0:
+            out.append(("final_lr_fraction", f"must be in [0, 1], got {self.final_lr_fraction}"))
+        for n in ("momentum", "b1", "b2"):
+            if not 0.0 <= getattr(self, n) < 1.0:
+                out.append((n, f"must be in [0, 1), got {getattr(self, n)}"))
+        if self.nesterov and self.name == "sgd" and self.momentum == 0.0:
+            out.append(("nesterov", "needs optimizer.momentum > 0 (e.g. optimizer.momentum=0.9)"))
+        if self.eps <= 0:
+            out.append(("eps", f"must be positive, got {self.eps}"))
+        if self.weight_decay < 0:
+            out.append(("weight_decay", f"must be >= 0, got {self.weight_decay}"))
+        if self.weight_decay > 0 and self.name in ("sgd", "adam"):
+            out.append(("weight_decay", f"is ignored by {self.name}: use optimizer.name=adamw"))
+        if self.grad_clip_norm is not None and self.grad_clip_norm <= 0:
+            out.append(("grad_clip_norm", f"must be positive or none, got {self.grad_clip_norm}"))
+        return out
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    # Seeds everything: parameter init, dropout, and the data order.
+    seed: int = 0
+    # The training length: `steps` wins when both are given.
+    steps: int | None = None
+    epochs: float | None = 10.0
+    # Gradient accumulation: each batch is split into this many micro-batches.
+    microbatches: int = 1
+    log_every: int = 100
+    # Validation every this many steps; None: at the end of every epoch.
+    eval_every: int | None = None
+    progress: bool = True
+
+    def problems(self):
+        out = []
+        if self.steps is None and self.epochs is None:
+            out.append(("steps", "set train.steps or train.epochs"))
+        if self.steps is not None and self.steps <= 0:
+            out.append(("steps", f"must be positive, got {self.steps}"))
+        if self.epochs is not None and not self.epochs > 0:
+            out.append(("epochs", f"must be positive, got {self.epochs}"))
+        for n in ("microbatches", "log_every"):
+            if getattr(self, n) <= 0:
+                out.append((n, f"must be positive, got {getattr(self, n)}"))
+        if self.eval_every is not None and self.eval_every <= 0:
+            out.append(("eval_every", f"must be positive or none, got {self.eval_every}"))
+        return out
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    model: models.ModelConfig = models.SeedCNNConfig()
+    data: DataConfig = DataConfig()
+    optimizer: OptimizerConfig = OptimizerConfig()
+    train: TrainConfig = TrainConfig()
+    # Shown in logs and summaries; experiment files set it to their file name.
+    name: str = "default"
+
+    def __post_init__(self):
+        for section in ("model", "data", "optimizer", "train"):
+            for key, message in getattr(self, section).problems():
+                raise ConfigError(f"{section}.{key} {message}")
+        if self.data.batch_size % self.train.microbatches:
+            raise ConfigError(
+                f"data.batch_size={self.data.batch_size} is not divisible by "
+                f"train.microbatches={self.train.microbatches}: pick a divisor of the batch size"
+            )
+
+
+# ---------------------------------------------------------------------------------------------
+# Overrides: KEY=VALUE strings parsed against declared types.
+
+_NONE = {"none", "null"}
+_TRUE = {"true", "1", "yes", "on"}
+_FALSE = {"false", "0", "no", "off"}
+
+
+def _parse(text: str, tp: Any, key: str) -> Any:
+    """Parses `text` as a value of type `tp`, or raises ConfigError naming `key`."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if type(None) in args and text.strip().lower() in _NONE:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _parse(text, arg, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if len(errors) == 1 else f"{key}={text!r}: {'; '.join(errors)}")
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if text in choices:
+            return text
+        raise ConfigError(f"{key}={text!r} is not one of {', '.join(map(str, choices))}")
+    if origin is tuple:
+        (elem, *rest) = typing.get_args(tp)
+        body = text.strip().strip("()[]")
+        parts = [p for p in (s.strip() for s in body.split(",")) if p]
+        return tuple(_parse(p, elem, key) for p in parts)
+    if tp is bool:
+        low = text.strip().lower()
+        if low in _TRUE:
+            return True
+        if low in _FALSE:
+            return False
+        raise ConfigError(f"{key}={text!r}: expected true or false")
+    if tp is int:
+        try:
+            return int(text)
+        except ValueError:
+            try:
+                as_float = float(text)
+            except ValueError:
+                as_float = None
+            if as_float is not None and as_float.is_integer():
+                return int(as_float)
+            raise ConfigError(f"{key}={text!r}: expected an integer") from None
+    if tp is float:
+        try:
+            return float(text)
+        except ValueError:
+            raise ConfigError(f"{key}={text!r}: expected a number") from None
+    if tp is str:
+        return text
+    raise ConfigError(f"{key}: overriding a field of type {tp} from the command line is not supported")
+
+
+def _field_types(obj) -> dict[str, Any]:
+    hints = typing.get_type_hints(type(obj))
+    return {f.name: hints[f.name] for f in dataclasses.fields(obj)}
+
+
+def _set(obj, path: list[str], text: str, full_key: str):
+    types_ = _field_types(obj)
+    head = path[0]
+    if head not in types_:
+        prefix = full_key[: len(full_key) - len(".".join(path))]
+        near = difflib.get_close_matches(head, list(types_), n=1)
+        hint = f": did you mean '{prefix}{near[0]}'?" if near else f"; valid keys: {', '.join(prefix + k for k in types_)}"
+        raise ConfigError(f"unknown config key '{full_key}'{hint}")
+    current = getattr(obj, head)
+    if len(path) == 1:
+        if dataclasses.is_dataclass(current):
+            raise ConfigError(f"'{full_key}' is a section, not a value: set one of its keys, e.g. '{full_key}.{dataclasses.fields(current)[0].name}=...'")
+        return dataclasses.replace(obj, **{head: _parse(text, types_[head], full_key)})
+    if not dataclasses.is_dataclass(current):
+        raise ConfigError(f"unknown config key '{full_key}': '{head}' has no sub-keys")
+    return dataclasses.replace(obj, **{head: _set(current, path[1:], text, full_key)})
+
+
+def apply_overrides(config: Config, overrides: list[str] | tuple[str, ...]) -> Config:
+    """Returns `config` with each `KEY=VALUE` applied in order (then validated as a whole)."""
+    # Sections are replaced one by one; the frozen Config re-validates on every replace, so a
+    # combination that is only valid once all overrides are in would fail midway. Build it
+    # without validation first, then validate once.
+    fields = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not KEY=VALUE (for example train.epochs=1)")
+        key, text = item.split("=", 1)
+        key = key.strip()
+        path = key.split(".")
+        if path[0] not in fields:
+            near = difflib.get_close_matches(path[0], list(fields), n=1)
+            hint = f": did you mean '{near[0]}'?" if near else f"; sections are {', '.join(fields)}"
+            raise ConfigError(f"unknown config key '{key}'{hint}")
+        if len(path) == 1:
+            if path[0] != "name":
+                raise ConfigError(f"'{key}' is a section, not a value: set one of its keys, e.g. '{key}.{dataclasses.fields(fields[key])[0].name}=...'")
+            fields["name"] = text
+        else:
+            fields[path[0]] = _set(fields[path[0]], path[1:], text, key)
+    return Config(**fields)
+
+
+# ---------------------------------------------------------------------------------------------
+# Files and JSON.
+
+
+def load(path: str | pathlib.Path, *, tiny: bool = False) -> Config:
+    """Runs an experiment file and returns its `get_config(tiny=...)`."""
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} not found: pass a path such as experiments/configs/seed_cnn_mnist.py")
+    spec = importlib.util.spec_from_file_location(f"jaxmodels_experiment_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except ConfigError:
+        raise
+    except SyntaxError as e:
+        raise ConfigError(f"config file {str(path)!r} does not parse: line {e.lineno}: {e.msg}") from None
+    except Exception as e:  # noqa: BLE001 - any failure in user code becomes one line
+        raise ConfigError(f"config file {str(path)!r} failed to run: {type(e).__name__}: {e}") from None
+    get_config = getattr(module, "get_config", None)
+    if not callable(get_config):
+        raise ConfigError(f"config file {str(path)!r} has no get_config(tiny=False) function returning a jaxmodels Config")
+    config = get_config(tiny=tiny)
+    if not isinstance(config, Config):
+        raise ConfigError(f"get_config() in {str(path)!r} returned {type(config).__name__}, expected jaxmodels.config.Config")
+    return config
+
+
+def to_dict(config: Config) -> dict:
+    """A JSON-ready dict; the model section records its `kind`."""
+    out = dataclasses.asdict(config)
+    out["model"] = {"kind": config.model.kind, **out["model"]}
+    return out
+
+
+def from_dict(d: dict) -> Config:
+    """Inverse of `to_dict`."""
+    d = dict(d)
+    model = dict(d.pop("model"))
+    try:
+        model_cls = models.config_class(model.pop("kind"))
+    except KeyError as e:
+        raise ConfigError(f"unknown model kind {e}: expected one of {[c.kind for c in models.MODELS]}") from None
+
+    def build(cls, values):
+        hints = typing.get_type_hints(cls)
+        kw = {}
+        for k, v in values.items():
+            if k not in hints:
+                raise ConfigError(f"unknown config key '{k}' for {cls.__name__}")
+            kw[k] = tuple(v) if isinstance(v, list) else v
+        return cls(**kw)
+
+    return Config(
+        model=build(model_cls, model),
+        data=build(DataConfig, d.pop("data", {})),
+        optimizer=build(OptimizerConfig, d.pop("optimizer", {})),
+        train=build(TrainConfig, d.pop("train", {})),
+        **d,
+    )
+
+
+def to_json(config: Config) -> str:
+    return json.dumps(to_dict(config), indent=2, sort_keys=False)

@@ -1,0 +1,1 @@
+"""Meshes, shardings and (later) multi-host start-up."""

@@ -1,0 +1,40 @@
+"""Saving and restoring trained weights with orbax-checkpoint.
+
+For now one final snapshot of the weights (params and mutable model collections) under
+WORKDIR/weights, which is what `jaxmodels eval` needs. Periodic saves of the whole train state and
+resume build on the same checkpointer.
+"""
+
+import pathlib
+
+import jax
+import orbax.checkpoint as ocp
+
+from jaxmodels.errors import UserError
+from jaxmodels.train.state import TrainState
+
+WEIGHTS_DIR = "weights"
+
+
+def save_weights(workdir: pathlib.Path, state: TrainState) -> pathlib.Path:
+    path = (pathlib.Path(workdir) / WEIGHTS_DIR).absolute()
+    checkpointer = ocp.StandardCheckpointer()
+    checkpointer.save(path, {"params": state.params, "model_state": state.model_state}, force=True)
+    checkpointer.wait_until_finished()
+    return path
+
+
+def restore_weights(workdir: pathlib.Path, state: TrainState) -> TrainState:
+    """`state` with its params and model collections replaced by the saved ones (it gives the
+    structure, shapes and dtypes to restore into)."""
+    path = (pathlib.Path(workdir) / WEIGHTS_DIR).absolute()
+    if not path.is_dir():
+        raise UserError(f"no trained weights in {str(path)!r}: train first with 'jaxmodels train CONFIG --workdir {workdir}'")
+    target = {"params": state.params, "model_state": state.model_state}
+    target = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+    try:
+        restored = ocp.StandardCheckpointer().restore(path, target)
+    except (ValueError, KeyError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"weights in {str(path)!r} do not match this config's model ({first}): evaluate with the config the run was trained with") from None
+    return state.replace(params=restored["params"], model_state=restored["model_state"])

@@ -1,0 +1,267 @@
+"""The training loop: `train(config, workdir) -> summary` and `evaluate(config, workdir)`.
+
+The loop is plain Python around two jitted pure functions. It owns the I/O the steps must not do:
+batches in, metrics out (one step late, so dispatch stays asynchronous), files in the workdir.
+
+Files written to WORKDIR:
+  config.json     the resolved config
+  metrics.jsonl   one JSON object per logged step (train means over the interval; val_* when
+                  validation ran at that step)
+  summary.json    final numbers; eval_* are measured on the config's held-out split
+  curves.png      learning curves
+  weights/        final params and model collections (orbax), read by `jaxmodels eval`
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import pathlib
+import sys
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import tqdm
+
+from jaxmodels import config as config_lib
+from jaxmodels import data, models
+from jaxmodels.config import Config
+from jaxmodels.errors import UserError
+from jaxmodels.parallel import mesh as mesh_lib
+from jaxmodels.train import checkpoint, optim, plots
+from jaxmodels.train import step as step_lib
+from jaxmodels.train.state import TrainState, count_params, init_state
+
+
+@dataclasses.dataclass(frozen=True)
+class Setup:
+    """What both training and evaluation derive from a config: data, model, jitted functions."""
+
+    dataset: data.ImageDataset
+    model: Any
+    total_steps: int
+    steps_per_epoch: float
+    mesh: Any
+    state_sharding: Any
+    batch_sharding: Any
+    init_fn: Any  # jitted: () -> TrainState, born with its sharding
+    train_step: Any  # jitted, state donated
+    eval_step: Any  # jitted
+
+
+def total_steps(train_cfg: config_lib.TrainConfig, steps_per_epoch: float) -> int:
+    """`train.steps` when set, else ceil(epochs x steps per epoch)."""
+    if train_cfg.steps is not None:
+        return train_cfg.steps
+    return max(1, math.ceil(train_cfg.epochs * steps_per_epoch - 1e-9))
+
+
+def setup(config: Config) -> Setup:
+    dataset = data.load_image_dataset(config.data.dataset, data_dir=config.data.data_dir,
+                                      download=config.data.download, mirror=config.data.mirror)
+    if dataset.num_classes != config.model.num_classes:
+        raise UserError(f"model.num_classes={config.model.num_classes} but {dataset.name} has "
+                        f"{dataset.num_classes} classes: set model.num_classes={dataset.num_classes}")
+    n_train = len(dataset.splits["train"][1])
+    steps_per_epoch = n_train / config.data.batch_size
+    steps = total_steps(config.train, steps_per_epoch)
+
+    model = models.build(config.model)
+    tx, schedule = optim.make(config.optimizer, steps)
+    example = jnp.zeros((1, *dataset.splits["train"][0].shape[1:]), jnp.float32)
+
+    mesh = mesh_lib.make_mesh()
+    state_sharding = mesh_lib.replicated(mesh)
+    batch_sharding = mesh_lib.batch_sharding(mesh)
+    # The state is created inside jit with its output sharding, so it is born where it lives.
+    init_fn = jax.jit(lambda: init_state(model, tx, example, config.train.seed),
+                      out_shardings=state_sharding)
+    train_step = jax.jit(
+        step_lib.make_train_step(model, tx, schedule, microbatches=config.train.microbatches),
+        in_shardings=(state_sharding, batch_sharding),
+        out_shardings=(state_sharding, state_sharding),
+        donate_argnums=0,
+    )
+    eval_step = jax.jit(step_lib.make_eval_step(model),
+                        in_shardings=(state_sharding, batch_sharding),
+                        out_shardings=state_sharding)
+    return Setup(dataset, model, steps, steps_per_epoch, mesh, state_sharding, batch_sharding,
+                 init_fn, train_step, eval_step)
+
+
+def run_eval(s: Setup, state: TrainState, split: str, batch_size: int, normalization: str) -> dict:
+    """Loss and accuracy over every example of `split` (the last batch padded and masked)."""
+    images, labels = s.dataset.splits[split]
+    sums = None
+    for batch in data.eval_batches(images, labels, batch_size=batch_size, mean=s.dataset.mean,
+                                   std=s.dataset.std, normalization=normalization):
+        out = s.eval_step(state, jax.device_put(batch, s.batch_sharding))
+        sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
+    sums = jax.device_get(sums)
+    count = float(sums["count"])
+    return {"loss": float(sums["loss_sum"]) / count, "accuracy": float(sums["correct"]) / count,
+            "examples": int(count)}
+
+
+def _prepare_workdir(workdir: pathlib.Path) -> None:
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+        probe = workdir / ".write_test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as e:
+        raise UserError(f"workdir {str(workdir)!r} is not writable ({e.strerror}): pass --workdir with a folder you can write to") from None
+
+
+def _write_json(path: pathlib.Path, obj) -> None:
+    # Write-then-rename, so a crash never leaves a half-written file behind.
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def _mean_metrics(pending: list[dict]) -> dict:
+    fetched = jax.device_get(pending)
+    return {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
+
+
+def _cache_size(jitted) -> int | None:
+    # Number of compiled variants; 1 means no retrace after the first call. Private in JAX, so
+    # tolerate its absence rather than fail a run.
+    size = getattr(jitted, "_cache_size", None)
+    return size() if callable(size) else None
+
+
+def train(config: Config, workdir: str | os.PathLike) -> dict:
+    """Trains `config` and writes into `workdir`; returns the summary dict (also summary.json)."""
+    workdir = pathlib.Path(workdir)
+    _prepare_workdir(workdir)
+    t_start = time.perf_counter()
+    s = setup(config)
+    cfg = config
+    (workdir / "config.json").write_text(config_lib.to_json(cfg) + "\n")
+
+    images, labels = s.dataset.splits["train"]
+    batches = data.TrainBatches(images, labels, batch_size=cfg.data.batch_size,
+                                seed=cfg.train.seed, mean=s.dataset.mean, std=s.dataset.std,
+                                normalization=cfg.data.normalization)
+    eval_every = cfg.train.eval_every or max(1, round(s.steps_per_epoch))
+
+    state = s.init_fn()
+    n_params = count_params(state.params)
+    print(f"{cfg.name}: {type(s.model).__name__} with {n_params:,} parameters on "
+          f"{s.dataset.name} ({len(labels):,} train examples, {s.dataset.source}); "
+          f"{s.total_steps:,} steps of batch {cfg.data.batch_size} "
+          f"({s.total_steps / s.steps_per_epoch:.2f} epochs) on {jax.devices()[0].platform}",
+          file=sys.stderr)
+
+    metrics_file = (workdir / "metrics.jsonl").open("w")
+    records: list[dict] = []
+    pending: list[dict] = []
+    train_time = 0.0  # seconds spent in training steps after the first (compiling) one
+    eval_time = 0.0
+    compile_time = 0.0
+    interval_start = time.perf_counter()
+    interval_examples = 0
+    last_train: dict = {}
+    bar = tqdm.tqdm(total=s.total_steps, disable=not cfg.train.progress, unit="step",
+                    dynamic_ncols=True, file=sys.stderr)
+    try:
+        for i in range(s.total_steps):
+            batch = jax.device_put(next(batches), s.batch_sharding)
+            state, metrics = s.train_step(state, batch)
+            if i == 0:
+                # Only the first step blocks: it measures compile time and starts the clock.
+                jax.block_until_ready(metrics)
+                compile_time = time.perf_counter() - interval_start
+                interval_start = time.perf_counter()
+            else:
+                pending.append(metrics)
+                interval_examples += cfg.data.batch_size
+            step = i + 1
+            bar.update(1)
+            is_last = step == s.total_steps
+            if (step % cfg.train.log_every == 0 or is_last) and pending:
+                record = {"step": step, "epoch": round(step / s.steps_per_epoch, 4),
+                          **_mean_metrics(pending)}
+                elapsed = time.perf_counter() - interval_start
+                train_time += elapsed
+                record["examples_per_sec"] = interval_examples / max(elapsed, 1e-9)
+                pending, interval_examples = [], 0
+                last_train = record
+                bar.set_postfix(loss=f"{record['loss']:.4f}",
+                                ex_s=f"{record['examples_per_sec']:,.0f}")
+                interval_start = time.perf_counter()
+            else:
+                record = None
+            if step % eval_every == 0 or is_last:
+                t0 = time.perf_counter()
+                val = run_eval(s, state, "validation", cfg.data.eval_batch_size,
+                               cfg.data.normalization)
+                eval_time += time.perf_counter() - t0
+                record = record or {"step": step, "epoch": round(step / s.steps_per_epoch, 4)}
+                record.update(val_loss=val["loss"], val_accuracy=val["accuracy"])
+                bar.write(f"step {step}: val_loss {val['loss']:.4f} val_accuracy "
+                          f"{100 * val['accuracy']:.2f}%")
+                interval_start = time.perf_counter()
+            if record is not None:
+                records.append(record)
+                metrics_file.write(json.dumps(record) + "\n")
+                metrics_file.flush()
+    finally:
+        bar.close()
+        metrics_file.close()
+
+    final = run_eval(s, state, cfg.data.eval_split, cfg.data.eval_batch_size,
+                     cfg.data.normalization)
+    checkpoint.save_weights(workdir, state)
+    trained_examples = (s.total_steps - 1) * cfg.data.batch_size
+    summary = {
+        "name": cfg.name,
+        "step": int(jax.device_get(state.step)),
+        "epochs": s.total_steps / s.steps_per_epoch,
+        "train_loss": last_train.get("loss"),
+        "train_accuracy": last_train.get("accuracy"),
+        "val_loss": records[-1].get("val_loss") if records else None,
+        "val_accuracy": records[-1].get("val_accuracy") if records else None,
+        "eval_split": cfg.data.eval_split,
+        "eval_loss": final["loss"],
+        "eval_accuracy": final["accuracy"],
+        "eval_examples": final["examples"],
+        "params": n_params,
+        "wall_time_s": time.perf_counter() - t_start,
+        "compile_time_s": compile_time,
+        "eval_time_s": eval_time,
+        # Training throughput after the first (compiling) step, evaluation excluded.
+        "examples_per_sec": trained_examples / train_time if train_time > 0 else None,
+        "compilations": {"train_step": _cache_size(s.train_step),
+                         "eval_step": _cache_size(s.eval_step)},
+        "devices": [str(d) for d in s.mesh.devices.flat],
+        "jax_version": jax.__version__,
+    }
+    _write_json(workdir / "summary.json", summary)
+    plots.learning_curves(records, workdir / "curves.png", title=f"{cfg.name} ({type(s.model).__name__})")
+    print(f"{cfg.name}: {cfg.data.eval_split} accuracy {100 * final['accuracy']:.2f}% "
+          f"(loss {final['loss']:.4f}, {final['examples']:,} examples) after {summary['step']:,} "
+          f"steps in {summary['wall_time_s']:.1f} s; {summary['examples_per_sec'] or 0:,.0f} train examples/s",
+          file=sys.stderr)
+    return summary
+
+
+def evaluate(config: Config, workdir: str | os.PathLike, split: str | None = None) -> dict:
+    """Evaluates the weights saved in `workdir` on `split` (default: the config's eval split)."""
+    workdir = pathlib.Path(workdir)
+    s = setup(config)
+    # A fresh state gives structure and placement; its weights are then replaced by the saved ones.
+    fresh = s.init_fn()
+    state = jax.device_put(checkpoint.restore_weights(workdir, fresh), s.state_sharding)
+    split = split or config.data.eval_split
+    result = run_eval(s, state, split, config.data.eval_batch_size, config.data.normalization)
+    result = {"split": split, **result}
+    _write_json(workdir / f"eval_{split}.json", result)
+    return result

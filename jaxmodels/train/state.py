@@ -1,0 +1,50 @@
+"""The train state: everything a step reads and writes, as one pytree."""
+
+from typing import Any
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+
+@flax.struct.dataclass
+class TrainState:
+    """params, optimizer state, mutable model collections, step and PRNG key.
+
+    `model_state` holds the mutable collections other than params (BatchNorm's "batch_stats");
+    it is an empty dict for models without any. `rng` is raw uint32 key data rather than a typed
+    key so that the state stays plain arrays for checkpointing and sharding; steps derive their
+    randomness as fold_in(rng, step) and never advance it.
+    """
+
+    step: jax.Array
+    params: Any
+    opt_state: optax.OptState
+    model_state: dict[str, Any]
+    rng: jax.Array
+
+
+def init_state(model: nn.Module, tx: optax.GradientTransformation, example_input: jax.Array,
+               seed: int) -> TrainState:
+    """A fresh state. Pure in `seed`, so it can run under `jax.jit(..., out_shardings=...)` and be
+    born sharded. `example_input` only provides shapes (one example is enough)."""
+    root = jax.random.key(seed)
+    init_key, train_key = jax.random.split(root)
+    variables = model.init({"params": init_key, "dropout": init_key}, example_input, train=False)
+    # Parameters carry logical axis names as metadata boxes; the state holds plain arrays and the
+    # names are read separately (parallel layer) from the boxed tree.
+    variables = nn.meta.unbox(variables)
+    params = variables.pop("params")
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        opt_state=tx.init(params),
+        model_state=dict(variables),
+        rng=jax.random.key_data(train_key),
+    )
+
+
+def count_params(params) -> int:
+    return int(sum(x.size for x in jax.tree.leaves(params)))

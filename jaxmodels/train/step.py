@@ -1,0 +1,110 @@
+"""The pure train and eval steps.
+
+`make_train_step` closes over the model, optimizer and schedule and returns
+`train_step(state, batch) -> (state, metrics)`: no I/O, no globals, jitted once by the caller.
+A batch is a dict of arrays: "image" [B, ...], "label" int32 [B], "mask" float32 [B] (1 for a
+real example, 0 for padding). Losses are mask-weighted means, so padded batches give exact
+results and micro-batch accumulation equals one big batch.
+"""
+
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from jaxmodels.train.state import TrainState
+
+Batch = dict[str, jax.Array]
+Metrics = dict[str, jax.Array]
+
+
+def classification_sums(logits_BxK: jax.Array, labels_B: jax.Array, mask_B: jax.Array):
+    """Mask-weighted sums of cross-entropy and correct predictions."""
+    losses_B = optax.softmax_cross_entropy_with_integer_labels(logits_BxK.astype(jnp.float32), labels_B)
+    correct_B = (jnp.argmax(logits_BxK, axis=-1) == labels_B).astype(jnp.float32)
+    return jnp.sum(losses_B * mask_B), jnp.sum(correct_B * mask_B)
+
+
+def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
+                    schedule: Callable[[jax.Array], jax.Array], *, microbatches: int = 1
+                    ) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
+    """Returns the pure train step. With `microbatches=k` each batch is split into k slices whose
+    gradients are summed by a scan (memory of one slice, result of the whole batch)."""
+
+    def loss_fn(params, model_state, batch, rng, total_count):
+        variables = {"params": params, **model_state}
+        logits, new_model_state = model.apply(
+            variables, batch["image"], train=True, rngs={"dropout": rng},
+            mutable=list(model_state.keys()))
+        loss_sum, correct = classification_sums(logits, batch["label"], batch["mask"])
+        # Dividing by the whole batch's count (not the slice's) makes slice gradients add up to
+        # the gradient of the batch mean.
+        return loss_sum / total_count, (dict(new_model_state), loss_sum, correct)
+
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+    def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
+        rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+        total_count = jnp.maximum(jnp.sum(batch["mask"]), 1.0)
+
+        if microbatches == 1:
+            (_, (model_state, loss_sum, correct)), grads = grad_fn(
+                state.params, state.model_state, batch, rng, total_count)
+        else:
+            slices = jax.tree.map(
+                lambda x: x.reshape(microbatches, x.shape[0] // microbatches, *x.shape[1:]), batch)
+
+            def body(carry, inputs):
+                grads_acc, model_state, loss_acc, correct_acc = carry
+                index, micro = inputs
+                (_, (model_state, loss_sum, correct)), grads = grad_fn(
+                    state.params, model_state, micro, jax.random.fold_in(rng, index), total_count)
+                grads_acc = jax.tree.map(jnp.add, grads_acc, grads)
+                return (grads_acc, model_state, loss_acc + loss_sum, correct_acc + correct), None
+
+            zeros = jax.tree.map(jnp.zeros_like, state.params)
+            init = (zeros, state.model_state, jnp.zeros(()), jnp.zeros(()))
+            (grads, model_state, loss_sum, correct), _ = jax.lax.scan(
+                body, init, (jnp.arange(microbatches), slices))
+
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = {
+            "loss": loss_sum / total_count,
+            "accuracy": correct / total_count,
+            "grad_norm": optax.tree.norm(grads),
+            "param_norm": optax.tree.norm(params),
+            "update_norm": optax.tree.norm(updates),
+            "learning_rate": jnp.asarray(schedule(state.step), jnp.float32),
+        }
+        new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
+                                  model_state=model_state)
+        return new_state, metrics
+
+    return train_step
+
+
+def make_eval_step(model: nn.Module) -> Callable[[TrainState, Batch], Metrics]:
+    """Returns `eval_step(state, batch) -> sums`: loss and correct counts summed over the real
+    (mask 1) examples, plus their count, for exact aggregation over padded batches."""
+
+    def eval_step(state: TrainState, batch: Batch) -> Metrics:
+        variables = {"params": state.params, **state.model_state}
+        logits = model.apply(variables, batch["image"], train=False)
+        loss_sum, correct = classification_sums(logits, batch["label"], batch["mask"])
+        return {"loss_sum": loss_sum, "correct": correct, "count": jnp.sum(batch["mask"])}
+
+    return eval_step
+
+
+def predict_fn(model: nn.Module) -> Callable[[TrainState, jax.Array], jax.Array]:
+    """Class probabilities: the softmax the classic model ends with."""
+
+    def predict(state: TrainState, images: jax.Array) -> jax.Array:
+        logits = model.apply({"params": state.params, **state.model_state}, images, train=False)
+        return jax.nn.softmax(logits, axis=-1)
+
+    return predict
