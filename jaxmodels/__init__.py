@@ -15,15 +15,15 @@ __version__ = "0.1.0"
 
 
 def train(config: Config, workdir) -> dict:
-    """Trains `config`, writing results into `workdir`; returns the summary (see train/loop.py)."""
-    from jaxmodels.train import loop
+    """Trains `config`, writing results into `workdir`; returns the summary (see training/loop.py)."""
+    from jaxmodels.training import loop
 
     return loop.train(config, workdir)
 
 
 def evaluate(config: Config, workdir, split: str | None = None) -> dict:
     """Evaluates the weights saved by a training run in `workdir`."""
-    from jaxmodels.train import loop
+    from jaxmodels.training import loop
 
     return loop.evaluate(config, workdir, split=split)
 

@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = _resolve(args)
         # Imported here so that `jaxmodels --help` and config errors answer before JAX starts.
-        from jaxmodels.train import loop
+        from jaxmodels.training import loop
 
         if args.command == "train":
             workdir = args.workdir or str(pathlib.Path("runs") / config.name)

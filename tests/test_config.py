@@ -72,7 +72,7 @@ def test_bad_overrides_are_one_line_errors_naming_the_key(override, message):
 
 
 def test_steps_win_over_epochs():
-    from jaxmodels.train.loop import total_steps
+    from jaxmodels.training.loop import total_steps
     cfg = C.apply_overrides(C.Config(), ["train.steps=7", "train.epochs=3"])
     assert total_steps(cfg.train, steps_per_epoch=100.0) == 7
     cfg = C.apply_overrides(C.Config(), ["train.epochs=0.5"])
@@ -139,7 +139,7 @@ def test_importing_jaxmodels_has_no_side_effects():
         "import os, jax\n"
         "env = dict(os.environ)\n"
         "flags = {k: getattr(jax.config, k) for k in ('jax_enable_x64', 'jax_default_matmul_precision', 'jax_platforms', 'jax_numpy_rank_promotion')}\n"
-        "import jaxmodels, jaxmodels.cli, jaxmodels.train.loop, jaxmodels.data\n"
+        "import jaxmodels, jaxmodels.cli, jaxmodels.training.loop, jaxmodels.data\n"
         "assert dict(os.environ) == env\n"
         "assert flags == {k: getattr(jax.config, k) for k in flags}\n"
         "from jax._src import xla_bridge\n"

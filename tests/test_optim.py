@@ -7,7 +7,7 @@ import optax
 import pytest
 
 from jaxmodels.config import OptimizerConfig
-from jaxmodels.train import optim
+from jaxmodels.training import optim
 
 
 def _quadratic_run(cfg, steps=200):

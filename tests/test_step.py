@@ -10,9 +10,9 @@ import pytest
 
 from jaxmodels import models
 from jaxmodels.config import OptimizerConfig
-from jaxmodels.train import optim
-from jaxmodels.train import step as step_lib
-from jaxmodels.train.state import init_state
+from jaxmodels.training import optim
+from jaxmodels.training import step as step_lib
+from jaxmodels.training.state import init_state
 
 
 def _batch(n, hw=8, seed=0, mask=None):

@@ -11,7 +11,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from jaxmodels.errors import UserError
-from jaxmodels.train.state import TrainState
+from jaxmodels.training.state import TrainState
 
 WEIGHTS_DIR = "weights"
 

@@ -33,9 +33,9 @@ from jaxmodels import data, models
 from jaxmodels.config import Config
 from jaxmodels.errors import UserError
 from jaxmodels.parallel import mesh as mesh_lib
-from jaxmodels.train import checkpoint, optim, plots
-from jaxmodels.train import step as step_lib
-from jaxmodels.train.state import TrainState, count_params, init_state
+from jaxmodels.training import checkpoint, optim, plots
+from jaxmodels.training import step as step_lib
+from jaxmodels.training.state import TrainState, count_params, init_state
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,6 +71,10 @@ def setup(config: Config) -> Setup:
     steps_per_epoch = n_train / config.data.batch_size
     steps = total_steps(config.train, steps_per_epoch)
 
+    opt = config.optimizer
+    if opt.schedule != "constant" and opt.warmup_steps >= steps:
+        raise UserError(f"optimizer.warmup_steps={opt.warmup_steps} is not below the {steps} training "
+                        f"steps: lower it (e.g. optimizer.warmup_steps={steps // 10})")
     model = models.build(config.model)
     tx, schedule = optim.make(config.optimizer, steps)
     example = jnp.zeros((1, *dataset.splits["train"][0].shape[1:]), jnp.float32)
@@ -150,7 +154,12 @@ def train(config: Config, workdir: str | os.PathLike) -> dict:
     batches = data.TrainBatches(images, labels, batch_size=cfg.data.batch_size,
                                 seed=cfg.train.seed, mean=s.dataset.mean, std=s.dataset.std,
                                 normalization=cfg.data.normalization)
-    eval_every = cfg.train.eval_every or max(1, round(s.steps_per_epoch))
+
+    def eval_due(step: int) -> bool:
+        if cfg.train.eval_every is not None:
+            return step % cfg.train.eval_every == 0
+        # At each epoch boundary crossed by this step (batches may straddle one).
+        return int(step / s.steps_per_epoch) > int((step - 1) / s.steps_per_epoch)
 
     state = s.init_fn()
     n_params = count_params(state.params)
@@ -199,16 +208,18 @@ def train(config: Config, workdir: str | os.PathLike) -> dict:
                 interval_start = time.perf_counter()
             else:
                 record = None
-            if step % eval_every == 0 or is_last:
+            if eval_due(step) or is_last:
                 t0 = time.perf_counter()
                 val = run_eval(s, state, "validation", cfg.data.eval_batch_size,
                                cfg.data.normalization)
-                eval_time += time.perf_counter() - t0
+                eval_seconds = time.perf_counter() - t0
+                eval_time += eval_seconds
+                # Validation time is not training time: move the interval's clock past it.
+                interval_start += eval_seconds
                 record = record or {"step": step, "epoch": round(step / s.steps_per_epoch, 4)}
                 record.update(val_loss=val["loss"], val_accuracy=val["accuracy"])
                 bar.write(f"step {step}: val_loss {val['loss']:.4f} val_accuracy "
                           f"{100 * val['accuracy']:.2f}%")
-                interval_start = time.perf_counter()
             if record is not None:
                 records.append(record)
                 metrics_file.write(json.dumps(record) + "\n")

@@ -1,0 +1,107 @@
+"""End-to-end: short real-data runs through `jaxmodels.train`, the files they write, and `eval`.
+
+These are the few slow tests (seconds each): they share one tiny classic-CNN run per session.
+"""
+
+import json
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import jaxmodels
+from jaxmodels import config as C
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+SEED_CNN = ROOT / "experiments/configs/seed_cnn_mnist.py"
+
+
+@pytest.fixture(scope="module")
+def seed_cnn_run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("seed_cnn")
+    # 10,000 test examples in batches of 384: the last batch holds 16 real examples and is
+    # padded, which must neither drop examples nor trigger a second compile.
+    config = C.apply_overrides(C.load(SEED_CNN, tiny=True), ["data.eval_batch_size=384"])
+    summary = jaxmodels.train(config, workdir)
+    return config, workdir, summary
+
+
+def test_writes_config_metrics_summary_and_curves(seed_cnn_run):
+    config, workdir, summary = seed_cnn_run
+    assert C.from_dict(json.loads((workdir / "config.json").read_text())) == config
+    records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [20, 40, 60]
+    for r in records:
+        for key in ("loss", "accuracy", "learning_rate", "grad_norm", "param_norm", "examples_per_sec"):
+            assert np.isfinite(r[key]), key
+    on_disk = json.loads((workdir / "summary.json").read_text())
+    assert on_disk == summary
+    for key in ("step", "train_loss", "eval_loss", "eval_accuracy", "params", "wall_time_s", "examples_per_sec"):
+        assert summary[key] is not None, key
+    assert summary["step"] == 60 and summary["params"] == 63_050
+    assert (workdir / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_real_mnist_loss_falls_and_accuracy_beats_chance_widely(seed_cnn_run):
+    _, workdir, summary = seed_cnn_run
+    records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert records[-1]["loss"] < 0.6 * records[0]["loss"]
+    # 60 steps of batch 32 (under 4 % of an epoch): chance is 10 %.
+    assert summary["eval_accuracy"] > 0.8
+    assert summary["eval_split"] == "test" and summary["eval_examples"] == 10_000
+
+
+def test_one_compile_each_for_train_and_eval_including_the_padded_batch(seed_cnn_run):
+    _, _, summary = seed_cnn_run
+    assert summary["compilations"] == {"train_step": 1, "eval_step": 1}
+
+
+def test_eval_command_reproduces_the_summary(seed_cnn_run):
+    _, workdir, summary = seed_cnn_run
+    out = subprocess.run(
+        [sys.executable, "-m", "jaxmodels.cli", "eval", str(SEED_CNN), "--tiny",
+         "data.eval_batch_size=384", "--workdir", str(workdir)],
+        capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["split"] == "test" and result["examples"] == 10_000
+    assert result["accuracy"] == pytest.approx(summary["eval_accuracy"], abs=1e-9)
+    assert result["loss"] == pytest.approx(summary["eval_loss"], rel=1e-5)
+
+
+def test_eval_of_a_missing_run_is_a_one_line_error(tmp_path):
+    out = subprocess.run(
+        [sys.executable, "-m", "jaxmodels.cli", "eval", str(SEED_CNN), "--tiny", "--workdir", str(tmp_path)],
+        capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert out.returncode == 2
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and "no trained weights" in lines[0] and "jaxmodels train" in lines[0]
+
+
+def test_same_seed_same_result_and_seed_changes_it(tmp_path):
+    base = C.apply_overrides(C.load(ROOT / "experiments/configs/mlp_mnist.py", tiny=True),
+                             ["train.steps=15", "train.log_every=5", "data.dataset=digits"])
+    a = jaxmodels.train(base, tmp_path / "a")
+    b = jaxmodels.train(base, tmp_path / "b")
+    c = jaxmodels.train(C.apply_overrides(base, ["train.seed=1"]), tmp_path / "c")
+    assert a["eval_loss"] == b["eval_loss"] and a["train_loss"] == b["train_loss"]
+    assert c["eval_loss"] != a["eval_loss"]
+    assert a["eval_examples"] == 270  # the digits test split
+
+
+def test_batchnorm_cnn_trains_with_batch_stats_through_the_pure_step(tmp_path):
+    config = C.load(ROOT / "experiments/configs/bn_cnn_mnist.py", tiny=True)
+    summary = jaxmodels.train(config, tmp_path)
+    # Evaluation uses the running statistics the train step accumulated; stale (initial) statistics
+    # would leave it near chance.
+    assert summary["eval_accuracy"] > 0.6
+    assert summary["compilations"] == {"train_step": 1, "eval_step": 1}
+
+
+def test_unwritable_workdir_is_a_clear_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(jaxmodels.UserError, match="is not writable"):
+        jaxmodels.train(C.load(SEED_CNN, tiny=True), blocker / "run")
