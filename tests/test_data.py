@@ -418,9 +418,9 @@ def test_train_batches_are_seeded():
     a = take(data.TrainBatches(images, labels, seed=1, **kw), 20)
     b = take(data.TrainBatches(images, labels, seed=1, **kw), 20)
     c = take(data.TrainBatches(images, labels, seed=2, **kw), 20)
-    assert all(np.array_equal(x["label"], y["label"]) for x, y in zip(a, b))
-    assert all(np.array_equal(x["image"], y["image"]) for x, y in zip(a, b))
-    assert not all(np.array_equal(x["label"], y["label"]) for x, y in zip(a, c))
+    assert all(np.array_equal(x["targets"], y["targets"]) for x, y in zip(a, b))
+    assert all(np.array_equal(x["inputs"], y["inputs"]) for x, y in zip(a, b))
+    assert not all(np.array_equal(x["targets"], y["targets"]) for x, y in zip(a, c))
 
 
 @pytest.mark.parametrize("n, batch_size", [(12, 4), (10, 4), (7, 3), (5, 8), (9, 9)])
@@ -432,13 +432,13 @@ def test_train_batches_cover_each_epoch_exactly_once(n, batch_size):
     num_batches = epochs * n // batch_size
     batches = take(stream, num_batches)
     for batch in batches:
-        assert batch["image"].shape == (batch_size, 2, 2, 1) and batch["image"].dtype == np.float32
-        assert batch["label"].dtype == np.int32
+        assert batch["inputs"].shape == (batch_size, 2, 2, 1) and batch["inputs"].dtype == np.float32
+        assert batch["targets"].dtype == np.int32
         assert batch["mask"].dtype == np.float32 and np.all(batch["mask"] == 1.0)
         # Image and label were gathered with the same indices.
-        np.testing.assert_allclose(batch["image"][:, 0, 0, 0] * 255, batch["label"] % 256,
+        np.testing.assert_allclose(batch["inputs"][:, 0, 0, 0] * 255, batch["targets"] % 256,
                                    atol=1e-3)
-    order = np.concatenate([b["label"] for b in batches])
+    order = np.concatenate([b["targets"] for b in batches])
     for e in range(epochs):
         assert np.array_equal(np.sort(order[e * n:(e + 1) * n]), np.arange(n)), e
         # The documented contract: epoch e is default_rng([seed, e]).permutation(N).
@@ -463,7 +463,7 @@ def test_train_batches_resume_identically(stop_at):
     rest = take(resumed, 20 - stop_at)
     also = take(data.TrainBatches(images, labels, position=stop_at, **kw), 20 - stop_at)
     for want, got, got2 in zip(reference[stop_at:], rest, also):
-        for key in ("image", "label", "mask"):
+        for key in ("inputs", "targets", "mask"):
             assert np.array_equal(want[key], got[key]) and np.array_equal(want[key], got2[key])
 
 
@@ -500,12 +500,12 @@ def test_eval_batches_cover_everything_once_in_order(n, batch_size):
     batches = list(data.eval_batches(images, labels, batch_size=batch_size, mean=0.4, std=0.3))
     assert len(batches) == math.ceil(n / batch_size)
     for batch in batches:
-        assert batch["image"].shape == (batch_size, 2, 2, 1) and batch["image"].dtype == np.float32
-        assert batch["label"].shape == (batch_size,) and batch["label"].dtype == np.int32
+        assert batch["inputs"].shape == (batch_size, 2, 2, 1) and batch["inputs"].dtype == np.float32
+        assert batch["targets"].shape == (batch_size,) and batch["targets"].dtype == np.int32
         assert batch["mask"].shape == (batch_size,)
     mask = np.concatenate([b["mask"] for b in batches])
-    label = np.concatenate([b["label"] for b in batches])
-    image = np.concatenate([b["image"] for b in batches])
+    label = np.concatenate([b["targets"] for b in batches])
+    image = np.concatenate([b["inputs"] for b in batches])
     assert mask.sum() == n and np.all(mask[:n] == 1) and np.all(mask[n:] == 0)
     assert np.array_equal(label[:n], labels)
     np.testing.assert_array_equal(image[:n], pipeline.normalize(images, 0.4, 0.3, "standardize"))

@@ -18,8 +18,8 @@ from jaxmodels.training.state import init_state
 def _batch(n, hw=8, seed=0, mask=None):
     rng = np.random.default_rng(seed)
     return {
-        "image": rng.normal(size=(n, hw, hw, 1)).astype(np.float32),
-        "label": rng.integers(0, 10, size=n).astype(np.int32),
+        "inputs": rng.normal(size=(n, hw, hw, 1)).astype(np.float32),
+        "targets": rng.integers(0, 10, size=n).astype(np.int32),
         "mask": np.ones(n, np.float32) if mask is None else mask,
     }
 
@@ -64,8 +64,8 @@ def test_masked_examples_do_not_contribute():
     _, state, train_step = _setup(MLP, OptimizerConfig(name="sgd", learning_rate=0.5))
     full = _batch(8)
     mask = np.array([1, 1, 1, 1, 1, 0, 0, 0], np.float32)
-    garbage = dict(full, image=full["image"].copy(), mask=mask)
-    garbage["image"][5:] = 1e3  # huge values: any leak into the loss would show
+    garbage = dict(full, inputs=full["inputs"].copy(), mask=mask)
+    garbage["inputs"][5:] = 1e3  # huge values: any leak into the loss would show
     real = jax.tree.map(lambda x: x[:5], full)
     a, ma = jax.jit(train_step)(state, garbage)
     b, mb = jax.jit(train_step)(state, real)

@@ -55,7 +55,8 @@ class TrainBatches:
     example is ever dropped, every batch is full (one shape, one compilation), a batch may span
     an epoch boundary, and the whole iterator state is one integer: the number of batches served.
 
-    Each batch is {"image": float32 [B,H,W,C], "label": int32 [B], "mask": float32 [B] of ones}.
+    Each batch is {"inputs": float32 images [B,H,W,C], "targets": int32 labels [B], "mask":
+    float32 [B] of ones}: the key names every model family's step reads.
     """
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, *, batch_size: int, seed: int,
@@ -129,8 +130,8 @@ class TrainBatches:
         idx_B = self.indices(self._position)
         self._position += 1
         return {
-            "image": normalize(self._images[idx_B], self._mean, self._std, self._normalization),
-            "label": self._labels[idx_B].astype(np.int32, copy=False),
+            "inputs": normalize(self._images[idx_B], self._mean, self._std, self._normalization),
+            "targets": self._labels[idx_B].astype(np.int32, copy=False),
             "mask": np.ones(self._batch_size, np.float32),
         }
 
@@ -187,4 +188,4 @@ def _eval_batches(images, labels, b, mean, std, normalization):
             image_BHWC = np.concatenate([image_BHWC, padding])
             label_B = np.concatenate([label_B, np.zeros(pad, np.int32)])
             mask_B[stop - start:] = 0.0
-        yield {"image": image_BHWC, "label": label_B, "mask": mask_B}
+        yield {"inputs": image_BHWC, "targets": label_B, "mask": mask_B}

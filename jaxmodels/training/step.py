@@ -2,9 +2,11 @@
 
 `make_train_step` closes over the model, optimizer and schedule and returns
 `train_step(state, batch) -> (state, metrics)`: no I/O, no globals, jitted once by the caller.
-A batch is a dict of arrays: "image" [B, ...], "label" int32 [B], "mask" float32 [B] (1 for a
-real example, 0 for padding). Losses are mask-weighted means, so padded batches give exact
-results and micro-batch accumulation equals one big batch.
+A batch is a dict of arrays: "inputs" [B, ...], "targets" int32 [B, ...] and "mask" float32
+shaped like "targets" (1 for a real target, 0 for padding). One classification loss serves every
+family: an image classifier has targets [B], a language model targets [B, T]; the loss is the
+mask-weighted mean cross-entropy over all targets, so padded batches give exact results and
+micro-batch accumulation equals one big batch.
 """
 
 from collections.abc import Callable
@@ -21,11 +23,12 @@ Batch = dict[str, jax.Array]
 Metrics = dict[str, jax.Array]
 
 
-def classification_sums(logits_BxK: jax.Array, labels_B: jax.Array, mask_B: jax.Array):
-    """Mask-weighted sums of cross-entropy and correct predictions."""
-    losses_B = optax.softmax_cross_entropy_with_integer_labels(logits_BxK.astype(jnp.float32), labels_B)
-    correct_B = (jnp.argmax(logits_BxK, axis=-1) == labels_B).astype(jnp.float32)
-    return jnp.sum(losses_B * mask_B), jnp.sum(correct_B * mask_B)
+def classification_sums(logits: jax.Array, targets: jax.Array, mask: jax.Array):
+    """Mask-weighted sums of cross-entropy and correct predictions. `logits` is `targets`'
+    shape plus a trailing class axis ([B, K] with [B], or [B, T, V] with [B, T])."""
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets)
+    correct = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)
+    return jnp.sum(losses * mask), jnp.sum(correct * mask)
 
 
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
@@ -37,9 +40,9 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
     def loss_fn(params, model_state, batch, rng, total_count):
         variables = {"params": params, **model_state}
         logits, new_model_state = model.apply(
-            variables, batch["image"], train=True, rngs={"dropout": rng},
+            variables, batch["inputs"], train=True, rngs={"dropout": rng},
             mutable=list(model_state.keys()))
-        loss_sum, correct = classification_sums(logits, batch["label"], batch["mask"])
+        loss_sum, correct = classification_sums(logits, batch["targets"], batch["mask"])
         # Dividing by the whole batch's count (not the slice's) makes slice gradients add up to
         # the gradient of the batch mean.
         return loss_sum / total_count, (dict(new_model_state), loss_sum, correct)
@@ -48,7 +51,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
 
     def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
         rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
-        total_count = jnp.maximum(jnp.sum(batch["mask"]), 1.0)
+        total_count = jnp.maximum(jnp.sum(batch["mask"]), 1.0)  # real targets in the batch
 
         if microbatches == 1:
             (_, (model_state, loss_sum, correct)), grads = grad_fn(
@@ -93,8 +96,8 @@ def make_eval_step(model: nn.Module) -> Callable[[TrainState, Batch], Metrics]:
 
     def eval_step(state: TrainState, batch: Batch) -> Metrics:
         variables = {"params": state.params, **state.model_state}
-        logits = model.apply(variables, batch["image"], train=False)
-        loss_sum, correct = classification_sums(logits, batch["label"], batch["mask"])
+        logits = model.apply(variables, batch["inputs"], train=False)
+        loss_sum, correct = classification_sums(logits, batch["targets"], batch["mask"])
         return {"loss_sum": loss_sum, "correct": correct, "count": jnp.sum(batch["mask"])}
 
     return eval_step
