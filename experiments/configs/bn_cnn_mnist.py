@@ -5,8 +5,8 @@ BatchNorm's running statistics flow through the pure train step as the "batch_st
 collection (updated in training, frozen in evaluation).
 
   Command:  jaxmodels train experiments/configs/bn_cnn_mnist.py --workdir runs/bn_cnn_mnist
-  Runtime:  about 6 minutes on a 2-core CPU (3 epochs, batch 128).
-  Expected: test accuracy >= 99.3 %.
+  Runtime:  about 8 minutes on a 2-core CPU alone, 12 with other work beside it (3 epochs, batch 128).
+  Expected: test accuracy >= 99.3 % (measured 99.37 %).
   Tiny:     --tiny trains 30 steps of batch 32.
 """
 

@@ -20,3 +20,20 @@ __all__ = [
     "load_image_dataset",
     "normalize",
 ]
+
+# Text: corpora, tokenizers and language-model batches (jaxmodels.data.text, .tokenizers, .lm).
+from jaxmodels.data.lm import LMBatches, lm_eval_batches, load_lm_data  # noqa: E402
+from jaxmodels.data.text import TEXT_CORPORA, TextCorpus, load_text_corpus  # noqa: E402
+from jaxmodels.data.tokenizers import Tokenizer, tokenizer_from_json, train_tokenizer  # noqa: E402
+
+__all__ += [
+    "LMBatches",
+    "TEXT_CORPORA",
+    "TextCorpus",
+    "Tokenizer",
+    "lm_eval_batches",
+    "load_lm_data",
+    "load_text_corpus",
+    "tokenizer_from_json",
+    "train_tokenizer",
+]

@@ -7,14 +7,17 @@ import flax.linen as nn
 
 from jaxmodels.models.cnn import BatchNormCNN, BatchNormCNNConfig, SeedCNN, SeedCNNConfig
 from jaxmodels.models.mlp import MLP, MLPConfig
+from jaxmodels.models.rnn import RNNLM, RNNClassifier, RNNClassifierConfig, RNNLMConfig
 
 MODELS: dict[type, type[nn.Module]] = {
     SeedCNNConfig: SeedCNN,
     BatchNormCNNConfig: BatchNormCNN,
     MLPConfig: MLP,
+    RNNLMConfig: RNNLM,
+    RNNClassifierConfig: RNNClassifier,
 }
 
-ModelConfig = SeedCNNConfig | BatchNormCNNConfig | MLPConfig
+ModelConfig = SeedCNNConfig | BatchNormCNNConfig | MLPConfig | RNNLMConfig | RNNClassifierConfig
 
 
 def build(config: ModelConfig) -> nn.Module:
@@ -31,4 +34,5 @@ def config_class(kind: str) -> type:
 
 
 __all__ = ["MODELS", "ModelConfig", "build", "config_class", "SeedCNN", "SeedCNNConfig",
-           "BatchNormCNN", "BatchNormCNNConfig", "MLP", "MLPConfig"]
+           "BatchNormCNN", "BatchNormCNNConfig", "MLP", "MLPConfig",
+           "RNNLM", "RNNLMConfig", "RNNClassifier", "RNNClassifierConfig"]

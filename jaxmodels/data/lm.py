@@ -1,0 +1,204 @@
+"""Language-model batches: token ids in, fixed-shape int32 windows out.
+
+Shape names: B batch, T sequence length (seq_len), N tokens in a split.
+
+A batch is {"inputs": int32 [B,T], "targets": int32 [B,T], "mask": float32 [B,T]}, the key
+names every model family's step reads; targets are the inputs shifted left by one token, taken
+from the same window of T+1 tokens. Training batches are random windows, each batch a pure
+function of (seed, batch index), so the stream's whole state is one integer. Evaluation batches
+are contiguous windows covering the split once, the last padded with mask 0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+
+from jaxmodels.data.text import TextCorpus, load_text_corpus
+from jaxmodels.data.tokenizers import Tokenizer, train_tokenizer
+
+
+def _check_ids(ids: np.ndarray) -> np.ndarray:
+    ids = np.asarray(ids)
+    if ids.ndim != 1 or not np.issubdtype(ids.dtype, np.integer):
+        raise ValueError(f"ids must be a 1-D integer array, got {ids.dtype} {ids.shape}")
+    return ids
+
+
+def _check_positive(name: str, value) -> int:
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+class LMBatches:
+    """Random windows of length seq_len+1 drawn by seed; resumable by one integer.
+
+    Batch k takes its B window starts from np.random.default_rng([seed, k]).integers(0, N - T,
+    size=B): every window of T+1 tokens inside the split is equally likely, and batch k does not
+    depend on any batch before it, so restoring the position (get_state/set_state, or
+    position=k) continues the stream identically. Gathering is one fancy index into a strided
+    view of ids (no copy of the split): tens of microseconds a batch at B=32, T=64.
+
+    ids may be any integer dtype (uint16 keeps a large split small); batches are int32.
+    """
+
+    def __init__(self, ids: np.ndarray, *, batch_size: int, seq_len: int, seed: int,
+                 position: int = 0):
+        ids = _check_ids(ids)
+        self._batch_size = _check_positive("batch_size", batch_size)
+        self._seq_len = _check_positive("seq_len", seq_len)
+        if not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+        if len(ids) < self._seq_len + 1:
+            raise ValueError(f"a window of seq_len+1={self._seq_len + 1} tokens does not fit in "
+                             f"a split of {len(ids)} tokens: lower seq_len or use more text")
+        self._ids = ids
+        # Row s is ids[s : s+T+1]; a view, so it costs nothing whatever the split's size.
+        self._windows = np.lib.stride_tricks.sliding_window_view(ids, self._seq_len + 1)
+        self._seed = int(seed)
+        self._position = 0
+        self.set_state({"position": position, "seed": self._seed})
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self._ids)
+
+    @property
+    def batch_size(self) -> int:
+        return self._batch_size
+
+    @property
+    def seq_len(self) -> int:
+        return self._seq_len
+
+    @property
+    def position(self) -> int:
+        """Batches served so far; the next batch is batch `position`."""
+        return self._position
+
+    @property
+    def tokens_per_batch(self) -> int:
+        """Target tokens in one batch, B*T."""
+        return self._batch_size * self._seq_len
+
+    @property
+    def epoch(self) -> float:
+        """Target tokens served so far over the split's size (windows overlap at random, so
+        one epoch sees most but not all tokens)."""
+        return self._position * self.tokens_per_batch / self.num_tokens
+
+    def starts(self, position: int) -> np.ndarray:
+        """Window start offsets [B] of batch `position` (pure: does not move the stream)."""
+        rng = np.random.default_rng([self._seed, int(position)])
+        return rng.integers(0, len(self._windows), size=self._batch_size)
+
+    def __iter__(self) -> LMBatches:
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        window_BT1 = self._windows[self.starts(self._position)]
+        self._position += 1
+        return {
+            "inputs": np.array(window_BT1[:, :-1], dtype=np.int32, order="C"),
+            "targets": np.array(window_BT1[:, 1:], dtype=np.int32, order="C"),
+            "mask": np.ones((self._batch_size, self._seq_len), np.float32),
+        }
+
+    def get_state(self) -> dict:
+        """JSON-serialisable state: set_state on a fresh stream over the same ids resumes."""
+        return {"position": self._position, "seed": self._seed, "batch_size": self._batch_size,
+                "seq_len": self._seq_len, "num_tokens": self.num_tokens}
+
+    def set_state(self, state: dict) -> None:
+        """Restores get_state's output.
+
+        "position" and "seed" are required; "batch_size", "seq_len" and "num_tokens", when
+        given, must match this stream, because a position means nothing over another split or
+        window shape.
+        """
+        try:
+            position, seed = state["position"], state["seed"]
+        except (KeyError, TypeError) as e:
+            raise ValueError(
+                f"an LMBatches state needs 'position' and 'seed', got {state!r}") from e
+        if int(seed) != self._seed:
+            raise ValueError(
+                f"state was saved with seed {seed}, but this stream has seed {self._seed}")
+        for key, mine in (("batch_size", self._batch_size), ("seq_len", self._seq_len),
+                          ("num_tokens", self.num_tokens)):
+            if key in state and int(state[key]) != mine:
+                raise ValueError(
+                    f"state was saved with {key}={state[key]}, but this stream has {mine}")
+        if not isinstance(position, (int, np.integer)) or position < 0:
+            raise ValueError(f"position must be a non-negative integer, got {position!r}")
+        self._position = int(position)
+
+
+def lm_eval_batches(ids: np.ndarray, *, batch_size: int, seq_len: int,
+                    max_windows: int | None = None) -> Iterator[dict[str, np.ndarray]]:
+    """Contiguous non-overlapping windows covering the split in order (or its first max_windows
+    windows), every batch the same shape, the last padded with mask 0 so no token is dropped or
+    double-counted.
+
+    Window j has inputs ids[jT : jT+T] and targets ids[jT+1 : jT+T+1], so the targets of all
+    windows are ids[1:], each exactly once; a token's context is what precedes it in its window
+    (the first target of each window sees one token). The last window is padded with id 0 and
+    mask 0.0 where the split runs out, and the last batch with whole windows of mask 0.0, so
+    sum(mask) is the number of targets scored and a mask-weighted mean is the per-token loss.
+    """
+    ids = _check_ids(ids)
+    b = _check_positive("batch_size", batch_size)
+    t = _check_positive("seq_len", seq_len)
+    if len(ids) < 2:
+        raise ValueError(f"a split of {len(ids)} tokens has nothing to predict: it needs 2 or more")
+    num_windows = -(-(len(ids) - 1) // t)
+    if max_windows is not None:
+        num_windows = min(num_windows, _check_positive("max_windows", max_windows))
+    return _lm_eval_batches(ids, b, t, num_windows)
+
+
+def _lm_eval_batches(ids, b, t, num_windows):
+    num_targets = min(len(ids) - 1, num_windows * t)
+    num_batches = -(-num_windows // b)
+    # Lay the covered tokens out as one padded row of B*T*num_batches (+1 for the last target).
+    padded = np.zeros(num_batches * b * t + 1, np.int32)
+    padded[:num_targets + 1] = ids[:num_targets + 1]
+    mask = np.zeros(num_batches * b * t, np.float32)
+    mask[:num_targets] = 1.0
+    # Batches are views of these two buffers; read-only so no consumer can change a later batch.
+    padded.flags.writeable = False
+    mask.flags.writeable = False
+    for k in range(num_batches):
+        lo, hi = k * b * t, (k + 1) * b * t
+        yield {"inputs": padded[lo:hi].reshape(b, t),
+               "targets": padded[lo + 1:hi + 1].reshape(b, t),
+               "mask": mask[lo:hi].reshape(b, t)}
+
+
+def load_lm_data(name: str = "shakespeare", *, tokenizer: str, vocab_size: int,
+                 data_dir: str | None = None, download: bool = False, mirror: str | None = None,
+                 ) -> tuple[TextCorpus, Tokenizer, dict[str, np.ndarray]]:
+    """A corpus, a tokenizer trained on its train split only, and each split's ids.
+
+    Args:
+      name: a key of jaxmodels.data.text.TEXT_CORPORA.
+      tokenizer: "char", "byte" or "bpe".
+      vocab_size: the BPE vocabulary's upper bound (ignored by char and byte).
+      data_dir, download, mirror: as for load_text_corpus.
+
+    Returns:
+      (corpus, tokenizer, ids) where ids maps each split of the corpus to a read-only 1-D array,
+      uint16 when the vocabulary fits (half the memory of int32 for enwik8's 90M tokens), else
+      int32. LMBatches and lm_eval_batches take either and emit int32.
+    """
+    corpus = load_text_corpus(name, data_dir=data_dir, download=download, mirror=mirror)
+    tok = train_tokenizer(tokenizer, corpus.splits["train"], vocab_size=vocab_size)
+    dtype = np.uint16 if tok.vocab_size <= 1 << 16 else np.int32
+    ids = {}
+    for split, text in corpus.splits.items():
+        arr = tok.encode(text).astype(dtype)
+        arr.flags.writeable = False
+        ids[split] = arr
+    return corpus, tok, ids
