@@ -2,6 +2,8 @@
 
   jaxmodels train [CONFIG] [KEY=VALUE ...] [--workdir DIR] [--tiny]
   jaxmodels eval CONFIG [KEY=VALUE ...] --workdir DIR [--split test|validation]
+  jaxmodels sample --workdir DIR --prompt TEXT [--max-new-tokens N --temperature T --top-k K
+                   --top-p P --seed S]
 
 Without CONFIG, `train` runs the embedded default: the classic CNN on MNIST for 10 epochs.
 Problems with the input print one line and exit with status 2 (`--debug` shows the traceback).
@@ -39,6 +41,15 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--workdir", required=True)
     ev.add_argument("--split", choices=("validation", "test"), default=None,
                     help="default: the config's data.eval_split")
+    sample = sub.add_parser("sample", help="generate text from a trained language model")
+    sample.add_argument("--workdir", required=True, help="the workdir of a language-model run")
+    sample.add_argument("--prompt", required=True)
+    sample.add_argument("--max-new-tokens", type=int, default=200)
+    sample.add_argument("--temperature", type=float, default=0.8, help="0 is greedy decoding")
+    sample.add_argument("--top-k", type=int, default=0, help="0 keeps every token")
+    sample.add_argument("--top-p", type=float, default=1.0)
+    sample.add_argument("--seed", type=int, default=0)
+    sample.add_argument("--debug", action="store_true", help="show Python tracebacks")
     return parser
 
 
@@ -62,11 +73,18 @@ def main(argv: list[str] | None = None) -> int:
     # Overrides may also follow flags (`CONFIG --tiny train.steps=5`), which argparse alone
     # leaves over as unknown arguments.
     args, rest = parser.parse_known_args(argv)
-    stray = [r for r in rest if r.startswith("-") or "=" not in r]
+    stray = [r for r in rest if r.startswith("-") or "=" not in r or args.command == "sample"]
     if stray:
         parser.error(f"unrecognized arguments: {' '.join(stray)}")
-    args.overrides = list(args.overrides) + rest
     try:
+        if args.command == "sample":
+            from jaxmodels.generate import generate_text
+
+            print(generate_text(args.workdir, args.prompt, max_new_tokens=args.max_new_tokens,
+                                temperature=args.temperature, top_k=args.top_k,
+                                top_p=args.top_p, seed=args.seed))
+            return 0
+        args.overrides = list(args.overrides) + rest
         config = _resolve(args)
         # Imported here so that `jaxmodels --help` and config errors answer before JAX starts.
         from jaxmodels.training import loop

@@ -27,7 +27,12 @@ from jaxmodels.errors import ConfigError
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
-    dataset: Literal["mnist", "fashion_mnist", "digits"] = "mnist"
+    # Images: mnist, fashion_mnist, digits. Text (language modelling): shakespeare, wikipedia,
+    # text (a local file or folder given as data_dir), and, with download=true, tiny_shakespeare,
+    # wikitext2, enwik8.
+    dataset: Literal["mnist", "fashion_mnist", "digits", "shakespeare", "wikipedia", "text",
+                     "tiny_shakespeare", "wikitext2", "enwik8"] = "mnist"
+    # Examples per step: images, or windows of seq_len tokens for text.
     batch_size: int = 32
     # Evaluation batches are padded and masked, so this never drops an example.
     eval_batch_size: int = 500
@@ -40,10 +45,21 @@ class DataConfig:
     download: bool = False
     # A base URL that replaces the canonical download host (a local mirror; tests use 127.0.0.1).
     mirror: str | None = None
+    # Text only: window length in tokens, tokenizer, BPE vocabulary size, and how many windows of
+    # the validation split periodic validation reads (the final evaluation reads them all).
+    seq_len: int = 64
+    tokenizer: Literal["char", "byte", "bpe"] = "char"
+    vocab_size: int = 1024
+    eval_windows: int | None = 256
 
     def problems(self):
         out = [(n, f"must be positive, got {getattr(self, n)}")
-               for n in ("batch_size", "eval_batch_size") if getattr(self, n) <= 0]
+               for n in ("batch_size", "eval_batch_size", "seq_len", "vocab_size")
+               if getattr(self, n) <= 0]
+        if self.eval_windows is not None and self.eval_windows <= 0:
+            out.append(("eval_windows", f"must be positive or none, got {self.eval_windows}"))
+        if self.dataset == "text" and self.data_dir is None:
+            out.append(("data_dir", "must name a text file or folder when data.dataset=text"))
         return out
 
 

@@ -24,17 +24,15 @@ def save_weights(workdir: pathlib.Path, state: TrainState) -> pathlib.Path:
     return path
 
 
-def restore_weights(workdir: pathlib.Path, state: TrainState) -> TrainState:
-    """`state` with its params and model collections replaced by the saved ones (it gives the
-    structure, shapes and dtypes to restore into)."""
+def restore_weights(workdir: pathlib.Path, target: dict) -> dict:
+    """The saved {"params", "model_state"}, restored into the structure, shapes and dtypes of
+    `target` (arrays or `jax.ShapeDtypeStruct`s)."""
     path = (pathlib.Path(workdir) / WEIGHTS_DIR).absolute()
     if not path.is_dir():
         raise UserError(f"no trained weights in {str(path)!r}: train first with 'jaxmodels train CONFIG --workdir {workdir}'")
-    target = {"params": state.params, "model_state": state.model_state}
     target = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
     try:
-        restored = ocp.StandardCheckpointer().restore(path, target)
+        return ocp.StandardCheckpointer().restore(path, target)
     except (ValueError, KeyError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"weights in {str(path)!r} do not match this config's model ({first}): evaluate with the config the run was trained with") from None
-    return state.replace(params=restored["params"], model_state=restored["model_state"])
+        raise UserError(f"weights in {str(path)!r} do not match this config's model ({first}): use the config the run was trained with") from None

@@ -29,20 +29,21 @@ import numpy as np
 import tqdm
 
 from jaxmodels import config as config_lib
-from jaxmodels import data, models
+from jaxmodels import models
 from jaxmodels.config import Config
 from jaxmodels.errors import UserError
 from jaxmodels.parallel import mesh as mesh_lib
-from jaxmodels.training import checkpoint, optim, plots
+from jaxmodels.training import checkpoint, optim, plots, tasks
 from jaxmodels.training import step as step_lib
 from jaxmodels.training.state import TrainState, count_params, init_state
 
 
 @dataclasses.dataclass(frozen=True)
 class Setup:
-    """What both training and evaluation derive from a config: data, model, jitted functions."""
+    """What both training and evaluation derive from a config: task, model, jitted functions."""
 
-    dataset: data.ImageDataset
+    config: Config  # resolved: model fields the task decides (vocabulary size) are filled in
+    task: Any  # tasks.ImageTask | tasks.LMTask
     model: Any
     total_steps: int
     steps_per_epoch: float
@@ -62,13 +63,9 @@ def total_steps(train_cfg: config_lib.TrainConfig, steps_per_epoch: float) -> in
 
 
 def setup(config: Config) -> Setup:
-    dataset = data.load_image_dataset(config.data.dataset, data_dir=config.data.data_dir,
-                                      download=config.data.download, mirror=config.data.mirror)
-    if dataset.num_classes != config.model.num_classes:
-        raise UserError(f"model.num_classes={config.model.num_classes} but {dataset.name} has "
-                        f"{dataset.num_classes} classes: set model.num_classes={dataset.num_classes}")
-    n_train = len(dataset.splits["train"][1])
-    steps_per_epoch = n_train / config.data.batch_size
+    task = tasks.build(config.data)
+    config = dataclasses.replace(config, model=tasks.resolve_model(config.model, task))
+    steps_per_epoch = task.train_size / config.data.batch_size
     steps = total_steps(config.train, steps_per_epoch)
 
     opt = config.optimizer
@@ -77,7 +74,7 @@ def setup(config: Config) -> Setup:
                         f"steps: lower it (e.g. optimizer.warmup_steps={steps // 10})")
     model = models.build(config.model)
     tx, schedule = optim.make(config.optimizer, steps)
-    example = jnp.zeros((1, *dataset.splits["train"][0].shape[1:]), jnp.float32)
+    example = jnp.asarray(task.example_inputs)
 
     mesh = mesh_lib.make_mesh()
     state_sharding = mesh_lib.replicated(mesh)
@@ -94,16 +91,15 @@ def setup(config: Config) -> Setup:
     eval_step = jax.jit(step_lib.make_eval_step(model),
                         in_shardings=(state_sharding, batch_sharding),
                         out_shardings=state_sharding)
-    return Setup(dataset, model, steps, steps_per_epoch, mesh, state_sharding, batch_sharding,
-                 init_fn, train_step, eval_step)
+    return Setup(config, task, model, steps, steps_per_epoch, mesh, state_sharding,
+                 batch_sharding, init_fn, train_step, eval_step)
 
 
-def run_eval(s: Setup, state: TrainState, split: str, batch_size: int, normalization: str) -> dict:
-    """Loss and accuracy over every example of `split` (the last batch padded and masked)."""
-    images, labels = s.dataset.splits[split]
+def run_eval(s: Setup, state: TrainState, split: str, *, periodic: bool = False) -> dict:
+    """Loss and accuracy over `split` (every example or token; the last batch padded and
+    masked). `periodic` lets a task read a fixed subset during training (text)."""
     sums = None
-    for batch in data.eval_batches(images, labels, batch_size=batch_size, mean=s.dataset.mean,
-                                   std=s.dataset.std, normalization=normalization):
+    for batch in s.task.eval_batches(split, periodic=periodic):
         out = s.eval_step(state, jax.device_put(batch, s.batch_sharding))
         sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
     sums = jax.device_get(sums)
@@ -147,13 +143,10 @@ def train(config: Config, workdir: str | os.PathLike) -> dict:
     _prepare_workdir(workdir)
     t_start = time.perf_counter()
     s = setup(config)
-    cfg = config
+    cfg = s.config
     (workdir / "config.json").write_text(config_lib.to_json(cfg) + "\n")
-
-    images, labels = s.dataset.splits["train"]
-    batches = data.TrainBatches(images, labels, batch_size=cfg.data.batch_size,
-                                seed=cfg.train.seed, mean=s.dataset.mean, std=s.dataset.std,
-                                normalization=cfg.data.normalization)
+    s.task.save(workdir)
+    batches = s.task.train_batches(cfg.train.seed)
 
     def eval_due(step: int) -> bool:
         if cfg.train.eval_every is not None:
@@ -164,7 +157,7 @@ def train(config: Config, workdir: str | os.PathLike) -> dict:
     state = s.init_fn()
     n_params = count_params(state.params)
     print(f"{cfg.name}: {type(s.model).__name__} with {n_params:,} parameters on "
-          f"{s.dataset.name} ({len(labels):,} train examples, {s.dataset.source}); "
+          f"{s.task.describe()}; "
           f"{s.total_steps:,} steps of batch {cfg.data.batch_size} "
           f"({s.total_steps / s.steps_per_epoch:.2f} epochs) on {jax.devices()[0].platform}",
           file=sys.stderr)
@@ -201,6 +194,8 @@ def train(config: Config, workdir: str | os.PathLike) -> dict:
                 elapsed = time.perf_counter() - interval_start
                 train_time += elapsed
                 record["examples_per_sec"] = interval_examples / max(elapsed, 1e-9)
+                if s.task.tokens_per_example > 1:
+                    record["tokens_per_sec"] = record["examples_per_sec"] * s.task.tokens_per_example
                 pending, interval_examples = [], 0
                 last_train = record
                 bar.set_postfix(loss=f"{record['loss']:.4f}",
@@ -210,8 +205,7 @@ def train(config: Config, workdir: str | os.PathLike) -> dict:
                 record = None
             if eval_due(step) or is_last:
                 t0 = time.perf_counter()
-                val = run_eval(s, state, "validation", cfg.data.eval_batch_size,
-                               cfg.data.normalization)
+                val = run_eval(s, state, "validation", periodic=True)
                 eval_seconds = time.perf_counter() - t0
                 eval_time += eval_seconds
                 # Validation time is not training time: move the interval's clock past it.
@@ -228,8 +222,7 @@ def train(config: Config, workdir: str | os.PathLike) -> dict:
         bar.close()
         metrics_file.close()
 
-    final = run_eval(s, state, cfg.data.eval_split, cfg.data.eval_batch_size,
-                     cfg.data.normalization)
+    final = run_eval(s, state, cfg.data.eval_split)
     checkpoint.save_weights(workdir, state)
     trained_examples = (s.total_steps - 1) * cfg.data.batch_size
     summary = {
@@ -250,6 +243,8 @@ def train(config: Config, workdir: str | os.PathLike) -> dict:
         "eval_time_s": eval_time,
         # Training throughput after the first (compiling) step, evaluation excluded.
         "examples_per_sec": trained_examples / train_time if train_time > 0 else None,
+        "tokens_per_sec": (trained_examples * s.task.tokens_per_example / train_time
+                           if train_time > 0 and s.task.tokens_per_example > 1 else None),
         "compilations": {"train_step": _cache_size(s.train_step),
                          "eval_step": _cache_size(s.eval_step)},
         "devices": [str(d) for d in s.mesh.devices.flat],
@@ -270,9 +265,10 @@ def evaluate(config: Config, workdir: str | os.PathLike, split: str | None = Non
     s = setup(config)
     # A fresh state gives structure and placement; its weights are then replaced by the saved ones.
     fresh = s.init_fn()
-    state = jax.device_put(checkpoint.restore_weights(workdir, fresh), s.state_sharding)
+    saved = checkpoint.restore_weights(workdir, {"params": fresh.params, "model_state": fresh.model_state})
+    state = jax.device_put(fresh.replace(**saved), s.state_sharding)
     split = split or config.data.eval_split
-    result = run_eval(s, state, split, config.data.eval_batch_size, config.data.normalization)
+    result = run_eval(s, state, split)
     result = {"split": split, **result}
     _write_json(workdir / f"eval_{split}.json", result)
     return result

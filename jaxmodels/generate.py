@@ -1,0 +1,144 @@
+"""Autoregressive sampling from a trained language model, compiled once.
+
+Both LM families expose the same decoding interface: `init_cache(batch_size, max_len)` and
+`decode(tokens_BxT, cache) -> (logits_BxTxV, cache)`; for the Transformer the cache holds keys
+and values, for an RNN the carried state. `make_generate` builds one jitted function that feeds
+the prompt and then its own samples through `decode` one token at a time inside a
+`lax.while_loop`, so any prompt length up to `max_len` and any sampling settings reuse one
+compiled program (temperature, top-k and top-p are traced values, not static ones).
+
+Shapes: B batch, S buffer length (max_len), V vocabulary.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+
+def filter_logits(logits_BxV: jax.Array, top_k: jax.Array, top_p: jax.Array) -> jax.Array:
+    """Sets to -inf every logit outside the top-k (k <= 0: no limit) and outside the smallest set
+    whose probability reaches top_p (top_p >= 1: no limit). The most likely token always stays."""
+    vocab = logits_BxV.shape[-1]
+    sorted_BxV = jnp.sort(logits_BxV, axis=-1)[:, ::-1]
+    k = jnp.where(top_k > 0, jnp.minimum(top_k, vocab), vocab)
+    kth_B = jnp.take_along_axis(sorted_BxV, jnp.broadcast_to(k - 1, (logits_BxV.shape[0], 1)), axis=-1)
+    probs_BxV = jax.nn.softmax(sorted_BxV, axis=-1)
+    # A token is kept while the mass of the tokens strictly ahead of it is below top_p.
+    mass_ahead_BxV = jnp.cumsum(probs_BxV, axis=-1) - probs_BxV
+    keep_sorted = (mass_ahead_BxV < top_p) | (jnp.arange(vocab) == 0)
+    # The smallest logit kept by top-p, mapped back from sorted order as a threshold.
+    pth_B = jnp.min(jnp.where(keep_sorted, sorted_BxV, jnp.inf), axis=-1, keepdims=True)
+    threshold_B = jnp.maximum(kth_B, pth_B)
+    return jnp.where(logits_BxV >= threshold_B, logits_BxV, -jnp.inf)
+
+
+def sample_token(logits_BxV: jax.Array, key: jax.Array, temperature: jax.Array,
+                 top_k: jax.Array, top_p: jax.Array) -> jax.Array:
+    """One token per row: argmax when temperature == 0, else a filtered categorical sample."""
+    greedy_B = jnp.argmax(logits_BxV, axis=-1)
+    scaled = filter_logits(logits_BxV / jnp.maximum(temperature, 1e-6), top_k, top_p)
+    sampled_B = jax.random.categorical(key, scaled, axis=-1)
+    return jnp.where(temperature > 0, sampled_B, greedy_B).astype(jnp.int32)
+
+
+def make_generate(model: nn.Module, *, max_len: int) -> Callable:
+    """Returns jitted `generate(variables, prompt_BxS, prompt_len, num_new, key, temperature,
+    top_k, top_p) -> tokens_BxS`.
+
+    `prompt_BxS` holds the prompt in its first `prompt_len` positions (the rest is ignored);
+    the result holds the prompt followed by `num_new` generated tokens (then zeros). Requires
+    prompt_len >= 1 and prompt_len + num_new <= max_len (checked by `generate_text`)."""
+
+    def generate(variables, prompt_BxS, prompt_len, num_new, key, temperature, top_k, top_p):
+        batch = prompt_BxS.shape[0]
+        cache = model.apply(variables, batch, max_len, method="init_cache")
+        total = prompt_len + num_new
+
+        def cond(carry):
+            i, *_ = carry
+            return i < total - 1
+
+        def body(carry):
+            i, tokens_BxS, cache = carry
+            current_Bx1 = jax.lax.dynamic_slice_in_dim(tokens_BxS, i, 1, axis=1)
+            logits_Bx1xV, cache = model.apply(variables, current_Bx1, cache, method="decode")
+            sampled_B = sample_token(logits_Bx1xV[:, 0].astype(jnp.float32),
+                                     jax.random.fold_in(key, i), temperature, top_k, top_p)
+            # Inside the prompt the next token is given; after it, it is the sample.
+            given_B = jax.lax.dynamic_slice_in_dim(tokens_BxS, i + 1, 1, axis=1)[:, 0]
+            next_B = jnp.where(i + 1 < prompt_len, given_B, sampled_B)
+            tokens_BxS = jax.lax.dynamic_update_slice_in_dim(tokens_BxS, next_B[:, None], i + 1, axis=1)
+            return i + 1, tokens_BxS, cache
+
+        keep = jnp.arange(max_len) < prompt_len
+        tokens_BxS = jnp.where(keep, prompt_BxS, 0).astype(jnp.int32)
+        _, tokens_BxS, _ = jax.lax.while_loop(cond, body, (jnp.int32(0), tokens_BxS, cache))
+        return tokens_BxS
+
+    return jax.jit(generate)
+
+
+def context_limit(model_config) -> int | None:
+    """The longest sequence a model can decode (None: unbounded, as for RNNs)."""
+    return getattr(model_config, "max_len", None)
+
+
+def _bucket(n: int) -> int:
+    """Buffer lengths come in powers of two (>= 256) so nearby requests share a compile."""
+    return max(256, 1 << (n - 1).bit_length())
+
+
+def generate_text(workdir, prompt: str, *, max_new_tokens: int = 200, temperature: float = 1.0,
+                  top_k: int = 0, top_p: float = 1.0, seed: int = 0) -> str:
+    """Prompt plus continuation from the language model trained in `workdir`."""
+    import json
+    import pathlib
+
+    from jaxmodels import config as config_lib
+    from jaxmodels import models
+    from jaxmodels.errors import UserError
+    from jaxmodels.training import checkpoint, tasks
+
+    workdir = pathlib.Path(workdir)
+    if max_new_tokens < 1:
+        raise UserError(f"--max-new-tokens must be at least 1, got {max_new_tokens}")
+    if temperature < 0:
+        raise UserError(f"--temperature must be >= 0 (0 is greedy), got {temperature}")
+    if top_k < 0:
+        raise UserError(f"--top-k must be >= 0 (0 keeps every token), got {top_k}")
+    if not 0 < top_p <= 1:
+        raise UserError(f"--top-p must be in (0, 1], got {top_p}")
+    config_path = workdir / "config.json"
+    if not config_path.is_file():
+        raise UserError(f"no config.json in {str(workdir)!r}: pass the --workdir of a trained language model")
+    cfg = config_lib.from_dict(json.loads(config_path.read_text()))
+    model = models.build(cfg.model)
+    if not hasattr(model, "decode"):
+        raise UserError(f"model kind '{cfg.model.kind}' is not a language model and cannot sample")
+    tokenizer = tasks.load_tokenizer(workdir)
+    prompt_ids = tokenizer.encode(prompt)
+    if len(prompt_ids) == 0:
+        raise UserError("--prompt is empty: give at least one character to continue from")
+    needed = len(prompt_ids) + max_new_tokens
+    limit = context_limit(cfg.model)
+    if limit is not None and needed > limit:
+        raise UserError(f"prompt ({len(prompt_ids)} tokens) + --max-new-tokens {max_new_tokens} "
+                        f"exceeds the model's context (model.max_len={limit}): shorten one of them")
+    buffer = limit if limit is not None else _bucket(needed)
+
+    example = jnp.zeros((1, cfg.data.seq_len), jnp.int32)
+    abstract = jax.eval_shape(lambda: nn.meta.unbox(model.init(jax.random.key(0), example)))
+    params = abstract.pop("params")
+    variables = checkpoint.restore_weights(workdir, {"params": params, "model_state": dict(abstract)})
+    variables = {"params": variables["params"], **variables["model_state"]}
+
+    generate = make_generate(model, max_len=buffer)
+    prompt_1xS = jnp.zeros((1, buffer), jnp.int32).at[0, :len(prompt_ids)].set(jnp.asarray(prompt_ids))
+    tokens = generate(variables, prompt_1xS, jnp.int32(len(prompt_ids)), jnp.int32(max_new_tokens),
+                      jax.random.key(seed), jnp.float32(temperature), jnp.int32(top_k),
+                      jnp.float32(top_p))
+    return tokenizer.decode(jax.device_get(tokens)[0, :needed])
