@@ -416,7 +416,7 @@ def test_lm_batches_are_cheap():
     (100, 4, 10, None),   # 99 targets: the last window is partly padding
     (7, 3, 16, None),     # fewer targets than one window
     (97, 2, 8, None),     # 96 targets: 12 windows, 6 full batches, no padding at all
-    (1000, 4, 10, 6),     # the first 6 windows only
+    (30, 4, 10, 5),       # asking for more windows than exist covers the split
 ])
 def test_lm_eval_batches_cover_every_target_once(n, b, t, max_windows):
     ids = (np.arange(n) % 60000 + 1).astype(np.uint16)  # 1.. so padding (0) is recognisable
@@ -435,6 +435,23 @@ def test_lm_eval_batches_cover_every_target_once(n, b, t, max_windows):
     assert np.all(targets[mask == 0] == 0)
     windows = -(-(n - 1) // t) if max_windows is None else min(-(-(n - 1) // t), max_windows)
     assert len(batches) == -(-windows // b)
+
+
+def test_lm_eval_batches_subset_is_spread_over_the_split():
+    n, b, t = 1001, 4, 10  # 1,000 targets in 100 windows
+    ids = (np.arange(n) % 60000 + 1).astype(np.uint16)
+    batches = list(lm.lm_eval_batches(ids, batch_size=b, seq_len=t, max_windows=6))
+    again = list(lm.lm_eval_batches(ids, batch_size=b, seq_len=t, max_windows=6))
+    assert all(np.array_equal(x["inputs"], y["inputs"]) for x, y in zip(batches, again))
+    rows = [(x["inputs"][r], x["targets"][r], x["mask"][r]) for x in batches for r in range(b)]
+    real = [(i, tg) for i, tg, m in rows if m.any()]
+    assert len(real) == 6 and len(batches) == 2
+    starts = [int(i[0]) - 1 for i, _ in real]  # ids are position + 1
+    assert starts[0] == 0 and starts[-1] == 990  # the first and the last window of the split
+    assert all(s % t == 0 for s in starts) and all(np.diff(starts) >= 150)
+    for i, tg in real:
+        s0 = int(i[0]) - 1
+        assert np.array_equal(i, ids[s0:s0 + t]) and np.array_equal(tg, ids[s0 + 1:s0 + t + 1])
 
 
 def test_load_lm_data_trains_the_tokenizer_on_train_only(tmp_path):

@@ -105,3 +105,77 @@ def test_unwritable_workdir_is_a_clear_error(tmp_path):
     blocker.write_text("x")
     with pytest.raises(jaxmodels.UserError, match="is not writable"):
         jaxmodels.train(C.load(SEED_CNN, tiny=True), blocker / "run")
+
+
+LSTM_LM = ROOT / "experiments/configs/lstm_shakespeare.py"
+
+
+@pytest.fixture(scope="module")
+def lstm_lm_run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("lstm_lm")
+    config = C.apply_overrides(C.load(LSTM_LM, tiny=True), ["train.steps=40"])
+    summary = jaxmodels.train(config, workdir)
+    return config, workdir, summary
+
+
+def test_language_model_loss_falls_on_real_text(lstm_lm_run):
+    config, workdir, summary = lstm_lm_run
+    records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    # Uniform guessing over the 85-symbol vocabulary costs ln 85 = 4.44 nats.
+    assert records[0]["loss"] > 3.5
+    assert records[-1]["loss"] < records[0]["loss"] - 0.5
+    assert summary["eval_loss"] < 3.3
+    assert summary["tokens_per_sec"] == pytest.approx(summary["examples_per_sec"] * 32)
+    # The vocabulary was filled from the tokenizer and recorded in the resolved config.
+    saved = C.from_dict(json.loads((workdir / "config.json").read_text()))
+    assert saved.model.vocab_size == 85 and config.model.vocab_size is None
+    assert summary["compilations"] == {"train_step": 1, "eval_step": 1}
+
+
+def test_sample_command_continues_the_prompt(lstm_lm_run):
+    _, workdir, _ = lstm_lm_run
+    cmd = [sys.executable, "-m", "jaxmodels.cli", "sample", "--workdir", str(workdir),
+           "--prompt", "ROMEO:", "--max-new-tokens", "40", "--seed", "3"]
+    first = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300)
+    again = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert first.returncode == 0, first.stderr
+    text = first.stdout[:-1]  # print's newline
+    assert text.startswith("ROMEO:") and len(text) == len("ROMEO:") + 40
+    assert first.stdout == again.stdout  # the seed fixes the sample
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--prompt", ""], "--prompt is empty"),
+    (["--prompt", "x", "--top-p", "0"], "--top-p must be in (0, 1]"),
+    (["--prompt", "x", "--temperature", "-1"], "--temperature must be >= 0"),
+])
+def test_sample_bad_arguments(lstm_lm_run, args, message):
+    _, workdir, _ = lstm_lm_run
+    out = subprocess.run([sys.executable, "-m", "jaxmodels.cli", "sample", "--workdir", str(workdir), *args],
+                         capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert out.returncode == 2 and message in out.stderr and len(out.stderr.strip().splitlines()) == 1
+
+
+def test_sample_from_a_classifier_run_is_refused(seed_cnn_run):
+    _, workdir, _ = seed_cnn_run
+    out = subprocess.run([sys.executable, "-m", "jaxmodels.cli", "sample", "--workdir", str(workdir),
+                          "--prompt", "x"], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert out.returncode == 2 and "not a language model" in out.stderr
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["data.dataset=mnist"], "needs a text dataset"),
+    (["data.eval_split=test"], "shakespeare has no test split"),
+    (["model.vocab_size=10"], "model.vocab_size=10 is smaller than the 85 tokens"),
+])
+def test_task_and_model_mismatches_are_clear_errors(tmp_path, overrides, message):
+    config = C.apply_overrides(C.load(LSTM_LM, tiny=True), overrides)
+    with pytest.raises(jaxmodels.UserError, match=message):
+        jaxmodels.train(config, tmp_path)
+    assert not (tmp_path / "metrics.jsonl").exists()
+
+
+def test_row_mnist_rnn_classifier_beats_chance(tmp_path):
+    config = C.load(ROOT / "experiments/configs/lstm_row_mnist.py", tiny=True)
+    summary = jaxmodels.train(config, tmp_path)
+    assert summary["eval_accuracy"] > 0.3 and summary["eval_examples"] == 10_000

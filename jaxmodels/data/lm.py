@@ -138,9 +138,10 @@ class LMBatches:
 
 def lm_eval_batches(ids: np.ndarray, *, batch_size: int, seq_len: int,
                     max_windows: int | None = None) -> Iterator[dict[str, np.ndarray]]:
-    """Contiguous non-overlapping windows covering the split in order (or its first max_windows
-    windows), every batch the same shape, the last padded with mask 0 so no token is dropped or
-    double-counted.
+    """Contiguous non-overlapping windows covering the split in order, every batch the same
+    shape, the last padded with mask 0 so no token is dropped or double-counted. With
+    max_windows, a fixed subset of that many windows spread evenly over the whole split (the
+    same ones every call), so a quick validation does not only see the split's first pages.
 
     Window j has inputs ids[jT : jT+T] and targets ids[jT+1 : jT+T+1], so the targets of all
     windows are ids[1:], each exactly once; a token's context is what precedes it in its window
@@ -154,9 +155,25 @@ def lm_eval_batches(ids: np.ndarray, *, batch_size: int, seq_len: int,
     if len(ids) < 2:
         raise ValueError(f"a split of {len(ids)} tokens has nothing to predict: it needs 2 or more")
     num_windows = -(-(len(ids) - 1) // t)
-    if max_windows is not None:
-        num_windows = min(num_windows, _check_positive("max_windows", max_windows))
+    if max_windows is not None and _check_positive("max_windows", max_windows) < num_windows:
+        chosen = np.unique(np.linspace(0, num_windows - 1, max_windows).round().astype(np.int64))
+        return _spread_eval_batches(ids, b, t, chosen)
     return _lm_eval_batches(ids, b, t, num_windows)
+
+
+def _spread_eval_batches(ids, b, t, windows):
+    """Batches of the given window indices (window j covers targets ids[jT+1 : jT+T+1])."""
+    for k in range(0, len(windows), b):
+        starts = windows[k:k + b] * t
+        inputs = np.zeros((b, t), np.int32)
+        targets = np.zeros((b, t), np.int32)
+        mask = np.zeros((b, t), np.float32)
+        for row, start in enumerate(starts):
+            n = min(t, len(ids) - 1 - int(start))
+            inputs[row, :n] = ids[start:start + n]
+            targets[row, :n] = ids[start + 1:start + n + 1]
+            mask[row, :n] = 1.0
+        yield {"inputs": inputs, "targets": targets, "mask": mask}
 
 
 def _lm_eval_batches(ids, b, t, num_windows):
