@@ -29,7 +29,7 @@ def filter_logits(logits_BxV: jax.Array, top_k: jax.Array, top_p: jax.Array) -> 
     probs_BxV = jax.nn.softmax(sorted_BxV, axis=-1)
     # A token is kept while the mass of the tokens strictly ahead of it is below top_p.
     mass_ahead_BxV = jnp.cumsum(probs_BxV, axis=-1) - probs_BxV
-    keep_sorted = (mass_ahead_BxV < top_p) | (jnp.arange(vocab) == 0)
+    keep_sorted = (mass_ahead_BxV < top_p) | (jnp.arange(vocab) == 0)[None, :]
     # The smallest logit kept by top-p, mapped back from sorted order as a threshold.
     pth_B = jnp.min(jnp.where(keep_sorted, sorted_BxV, jnp.inf), axis=-1, keepdims=True)
     threshold_B = jnp.maximum(kth_B, pth_B)
@@ -74,8 +74,8 @@ def make_generate(model: nn.Module, *, max_len: int) -> Callable:
             tokens_BxS = jax.lax.dynamic_update_slice_in_dim(tokens_BxS, next_B[:, None], i + 1, axis=1)
             return i + 1, tokens_BxS, cache
 
-        keep = jnp.arange(max_len) < prompt_len
-        tokens_BxS = jnp.where(keep, prompt_BxS, 0).astype(jnp.int32)
+        keep_1xS = (jnp.arange(max_len) < prompt_len)[None, :]
+        tokens_BxS = jnp.where(keep_1xS, prompt_BxS, 0).astype(jnp.int32)
         _, tokens_BxS, _ = jax.lax.while_loop(cond, body, (jnp.int32(0), tokens_BxS, cache))
         return tokens_BxS
 

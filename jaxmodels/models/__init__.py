@@ -8,6 +8,8 @@ import flax.linen as nn
 from jaxmodels.models.cnn import BatchNormCNN, BatchNormCNNConfig, SeedCNN, SeedCNNConfig
 from jaxmodels.models.mlp import MLP, MLPConfig
 from jaxmodels.models.rnn import RNNLM, RNNClassifier, RNNClassifierConfig, RNNLMConfig
+from jaxmodels.models.transformer import (TransformerClassifier, TransformerClassifierConfig, TransformerLM,
+                                          TransformerLMConfig, ViT, ViTConfig)
 
 MODELS: dict[type, type[nn.Module]] = {
     SeedCNNConfig: SeedCNN,
@@ -15,9 +17,13 @@ MODELS: dict[type, type[nn.Module]] = {
     MLPConfig: MLP,
     RNNLMConfig: RNNLM,
     RNNClassifierConfig: RNNClassifier,
+    TransformerLMConfig: TransformerLM,
+    TransformerClassifierConfig: TransformerClassifier,
+    ViTConfig: ViT,
 }
 
-ModelConfig = SeedCNNConfig | BatchNormCNNConfig | MLPConfig | RNNLMConfig | RNNClassifierConfig
+ModelConfig = (SeedCNNConfig | BatchNormCNNConfig | MLPConfig | RNNLMConfig | RNNClassifierConfig
+               | TransformerLMConfig | TransformerClassifierConfig | ViTConfig)
 
 
 def build(config: ModelConfig) -> nn.Module:
@@ -35,4 +41,6 @@ def config_class(kind: str) -> type:
 
 __all__ = ["MODELS", "ModelConfig", "build", "config_class", "SeedCNN", "SeedCNNConfig",
            "BatchNormCNN", "BatchNormCNNConfig", "MLP", "MLPConfig",
-           "RNNLM", "RNNLMConfig", "RNNClassifier", "RNNClassifierConfig"]
+           "RNNLM", "RNNLMConfig", "RNNClassifier", "RNNClassifierConfig",
+           "TransformerLM", "TransformerLMConfig", "TransformerClassifier", "TransformerClassifierConfig",
+           "ViT", "ViTConfig"]

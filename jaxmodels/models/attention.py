@@ -1,0 +1,92 @@
+"""Multi-head, grouped-query and multi-query self-attention, with an optional explicit KV cache.
+
+Shapes are written as suffixes: B batch, T query positions, S key positions, D model width,
+H query heads, K key/value heads (K divides H; K == H is multi-head, K == 1 multi-query), Dh head
+dim. Logical axis names: "embed" (D), "heads" (H), "kv" (K), "head_dim" (Dh).
+
+The softmax(QK^T/sqrt(Dh))V itself is `jax.nn.dot_product_attention`, so accelerators get their
+fused kernels (`implementation=None` picks XLA today; cuDNN where it applies). It takes K/V with
+fewer heads than Q and groups the query heads itself (checked on JAX 0.10), so grouped-query attention
+never materialises repeated K/V. It computes the logits and the softmax in float32 whatever the
+input dtype. It has no dropout on attention probabilities, so the blocks drop residual branches
+only.
+"""
+
+from typing import TYPE_CHECKING
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jaxmodels.models import positional
+
+if TYPE_CHECKING:  # the config lives with the models; importing it here would be circular
+    from jaxmodels.models.transformer import TransformerCore
+
+# One layer's cache: (k_BxSxKxDh, v_BxSxKxDh), S the buffer length.
+LayerKV = tuple[jax.Array, jax.Array]
+
+
+def causal_mask_over_buffer(query_positions_T: jax.Array, buffer_len: int) -> jax.Array:
+    """bool [1, 1, T, S]: query t may see buffer slot s iff s <= its position.
+
+    `is_causal=True` cannot express this: it aligns the triangle at the top-left corner, i.e.
+    assumes the queries start at position 0. Slots past the filled part are excluded for free
+    because their index exceeds every query position.
+    """
+    s_S = jnp.arange(buffer_len, dtype=jnp.int32)
+    return (s_S[None, :] <= query_positions_T[:, None])[None, None]
+
+
+class Attention(nn.Module):
+    """Self-attention of x_BxTxD at positions_BxT; returns (y_BxTxD, kv).
+
+    Without a cache (`kv=None`) the keys are x's own positions, masked by `mask` (bool,
+    broadcastable to [B, H, T, T], True = may attend) and/or `causal`. With a cache, this call's
+    keys and values are written into the buffers at slot `index` (dynamic_update_slice: `index`
+    may be traced), attention runs over the whole buffer under `mask`, and the updated buffers are
+    returned. The buffers must have room: a write past the end is clamped by XLA, not reported.
+    """
+
+    config: "TransformerCore"
+
+    @nn.compact
+    def __call__(self, x_BxTxD: jax.Array, positions_BxT: jax.Array, *, mask: jax.Array | None = None,
+                 causal: bool = False, kv: LayerKV | None = None, index: jax.Array | None = None
+                 ) -> tuple[jax.Array, LayerKV | None]:
+        cfg = self.config
+        dtype, param_dtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
+        d, h, k, dh = cfg.d_model, cfg.num_heads, cfg.kv_heads, cfg.head_dim
+
+        def project(name: str, heads: int, heads_axis: str) -> jax.Array:
+            # fan-in is D: the (heads, head_dim) pair together is the output axis.
+            init = nn.initializers.lecun_normal(in_axis=0, out_axis=(1, 2))
+            w_DxNxDh = self.param(name, nn.with_logical_partitioning(init, ("embed", heads_axis, "head_dim")),
+                                  (d, heads, dh), param_dtype)
+            return jnp.einsum("btd,dnk->btnk", x_BxTxD.astype(dtype), w_DxNxDh.astype(dtype))
+
+        q_BxTxHxDh = project("query", h, "heads")
+        k_BxTxKxDh = project("key", k, "kv")
+        v_BxTxKxDh = project("value", k, "kv")
+        if cfg.positional == "rope":
+            q_BxTxHxDh = positional.rope(q_BxTxHxDh, positions_BxT)
+            k_BxTxKxDh = positional.rope(k_BxTxKxDh, positions_BxT)
+
+        if kv is not None:
+            k_cache, v_cache = kv
+            start = (0, index, 0, 0)
+            k_cache = jax.lax.dynamic_update_slice(k_cache, k_BxTxKxDh.astype(k_cache.dtype), start)
+            v_cache = jax.lax.dynamic_update_slice(v_cache, v_BxTxKxDh.astype(v_cache.dtype), start)
+            kv = (k_cache, v_cache)
+            k_BxSxKxDh, v_BxSxKxDh = k_cache.astype(dtype), v_cache.astype(dtype)
+        else:
+            k_BxSxKxDh, v_BxSxKxDh = k_BxTxKxDh, v_BxTxKxDh
+
+        out_BxTxHxDh = jax.nn.dot_product_attention(
+            q_BxTxHxDh, k_BxSxKxDh, v_BxSxKxDh, mask=mask, is_causal=causal)
+
+        init = nn.initializers.lecun_normal(in_axis=(0, 1), out_axis=2)
+        w_HxDhxD = self.param("out", nn.with_logical_partitioning(init, ("heads", "head_dim", "embed")),
+                              (h, dh, d), param_dtype)
+        y_BxTxD = jnp.einsum("btnk,nkd->btd", out_BxTxHxDh, w_HxDhxD.astype(dtype))
+        return y_BxTxD, kv
