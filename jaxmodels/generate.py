@@ -4,8 +4,9 @@ Both LM families expose the same decoding interface: `init_cache(batch_size, max
 `decode(tokens_BxT, cache) -> (logits_BxTxV, cache)`; for the Transformer the cache holds keys
 and values, for an RNN the carried state. `make_generate` builds one jitted function that feeds
 the prompt and then its own samples through `decode` one token at a time inside a
-`lax.while_loop`, so any prompt length up to `max_len` and any sampling settings reuse one
-compiled program (temperature, top-k and top-p are traced values, not static ones).
+`lax.while_loop`, so any prompt length and any sampling settings reuse one compiled program
+(temperature, top-k and top-p are traced values, not static ones). A Transformer generates past
+its context by sliding it (see `make_generate`).
 
 Shapes: B batch, S buffer length (max_len), V vocabulary.
 """
@@ -45,45 +46,66 @@ def sample_token(logits_BxV: jax.Array, key: jax.Array, temperature: jax.Array,
     return jnp.where(temperature > 0, sampled_B, greedy_B).astype(jnp.int32)
 
 
-def make_generate(model: nn.Module, *, max_len: int) -> Callable:
+def make_generate(model: nn.Module, *, buffer_len: int, context: int | None) -> Callable:
     """Returns jitted `generate(variables, prompt_BxS, prompt_len, num_new, key, temperature,
-    top_k, top_p) -> tokens_BxS`.
+    top_k, top_p) -> tokens_BxS` with S = buffer_len.
 
     `prompt_BxS` holds the prompt in its first `prompt_len` positions (the rest is ignored);
     the result holds the prompt followed by `num_new` generated tokens (then zeros). Requires
-    prompt_len >= 1 and prompt_len + num_new <= max_len (checked by `generate_text`)."""
+    1 <= prompt_len and prompt_len + num_new <= buffer_len.
+
+    `context` is the longest sequence the model attends over (a Transformer's max_len; None for
+    an RNN, whose carried state has no limit). When a Transformer's cache is full, it is rebuilt
+    from the last context // 2 tokens and decoding continues: a sliding context, recomputed
+    once every context // 2 tokens rather than for every token.
+    """
+    cache_len = context if context is not None else buffer_len
+    keep = max(1, cache_len // 2)
 
     def generate(variables, prompt_BxS, prompt_len, num_new, key, temperature, top_k, top_p):
         batch = prompt_BxS.shape[0]
-        cache = model.apply(variables, batch, max_len, method="init_cache")
+        empty_cache = model.apply(variables, batch, cache_len, method="init_cache")
         total = prompt_len + num_new
 
-        def cond(carry):
-            i, *_ = carry
-            return i < total - 1
+        def step_one(i, tokens_BxS, cache):
+            current_Bx1 = jax.lax.dynamic_slice_in_dim(tokens_BxS, i, 1, axis=1)
+            logits_Bx1xV, cache = model.apply(variables, current_Bx1, cache, method="decode")
+            return logits_Bx1xV[:, -1], cache
+
+        def refill(i, tokens_BxS, cache):
+            del cache  # full: start again from the last `keep` tokens, ending with token i
+            window_BxK = jax.lax.dynamic_slice_in_dim(tokens_BxS, i - keep + 1, keep, axis=1)
+            logits_BxKxV, cache = model.apply(variables, window_BxK, empty_cache, method="decode")
+            return logits_BxKxV[:, -1], cache
 
         def body(carry):
             i, tokens_BxS, cache = carry
-            current_Bx1 = jax.lax.dynamic_slice_in_dim(tokens_BxS, i, 1, axis=1)
-            logits_Bx1xV, cache = model.apply(variables, current_Bx1, cache, method="decode")
-            sampled_B = sample_token(logits_Bx1xV[:, 0].astype(jnp.float32),
-                                     jax.random.fold_in(key, i), temperature, top_k, top_p)
+            if context is None:
+                logits_BxV, cache = step_one(i, tokens_BxS, cache)
+            else:
+                logits_BxV, cache = jax.lax.cond(cache.index >= cache_len, refill, step_one,
+                                                 i, tokens_BxS, cache)
+            sampled_B = sample_token(logits_BxV.astype(jnp.float32), jax.random.fold_in(key, i),
+                                     temperature, top_k, top_p)
             # Inside the prompt the next token is given; after it, it is the sample.
             given_B = jax.lax.dynamic_slice_in_dim(tokens_BxS, i + 1, 1, axis=1)[:, 0]
             next_B = jnp.where(i + 1 < prompt_len, given_B, sampled_B)
             tokens_BxS = jax.lax.dynamic_update_slice_in_dim(tokens_BxS, next_B[:, None], i + 1, axis=1)
             return i + 1, tokens_BxS, cache
 
-        keep_1xS = (jnp.arange(max_len) < prompt_len)[None, :]
+        def cond(carry):
+            return carry[0] < total - 1
+
+        keep_1xS = (jnp.arange(buffer_len) < prompt_len)[None, :]
         tokens_BxS = jnp.where(keep_1xS, prompt_BxS, 0).astype(jnp.int32)
-        _, tokens_BxS, _ = jax.lax.while_loop(cond, body, (jnp.int32(0), tokens_BxS, cache))
+        _, tokens_BxS, _ = jax.lax.while_loop(cond, body, (jnp.int32(0), tokens_BxS, empty_cache))
         return tokens_BxS
 
     return jax.jit(generate)
 
 
 def context_limit(model_config) -> int | None:
-    """The longest sequence a model can decode (None: unbounded, as for RNNs)."""
+    """The longest sequence a model attends over at once (None: unbounded, as for RNNs)."""
     return getattr(model_config, "max_len", None)
 
 
@@ -124,11 +146,12 @@ def generate_text(workdir, prompt: str, *, max_new_tokens: int = 200, temperatur
     if len(prompt_ids) == 0:
         raise UserError("--prompt is empty: give at least one character to continue from")
     needed = len(prompt_ids) + max_new_tokens
-    limit = context_limit(cfg.model)
-    if limit is not None and needed > limit:
-        raise UserError(f"prompt ({len(prompt_ids)} tokens) + --max-new-tokens {max_new_tokens} "
-                        f"exceeds the model's context (model.max_len={limit}): shorten one of them")
-    buffer = limit if limit is not None else _bucket(needed)
+    context = context_limit(cfg.model)
+    if context is not None and len(prompt_ids) > context:
+        # Keep the prompt's end: that is what the model continues from.
+        prompt_ids = prompt_ids[-context:]
+        needed = len(prompt_ids) + max_new_tokens
+    buffer = _bucket(needed)
 
     example = jnp.zeros((1, cfg.data.seq_len), jnp.int32)
     abstract = jax.eval_shape(lambda: nn.meta.unbox(model.init(jax.random.key(0), example)))
@@ -136,7 +159,7 @@ def generate_text(workdir, prompt: str, *, max_new_tokens: int = 200, temperatur
     variables = checkpoint.restore_weights(workdir, {"params": params, "model_state": dict(abstract)})
     variables = {"params": variables["params"], **variables["model_state"]}
 
-    generate = make_generate(model, max_len=buffer)
+    generate = make_generate(model, buffer_len=buffer, context=context)
     prompt_1xS = jnp.zeros((1, buffer), jnp.int32).at[0, :len(prompt_ids)].set(jnp.asarray(prompt_ids))
     tokens = generate(variables, prompt_1xS, jnp.int32(len(prompt_ids)), jnp.int32(max_new_tokens),
                       jax.random.key(seed), jnp.float32(temperature), jnp.int32(top_k),

@@ -57,7 +57,8 @@ def test_cached_greedy_generation_equals_full_recomputation(name):
     variables = nn.meta.unbox(model.init(jax.random.key(3), jnp.zeros((1, 8), jnp.int32)))
     # Scale up the parameters a little so greedy paths are not dominated by ties.
     variables = jax.tree.map(lambda x: x * 3.0, variables)
-    generate = gen.make_generate(model, max_len=32)
+    context = 32 if name.startswith("transformer") else None
+    generate = gen.make_generate(model, buffer_len=32, context=context)
     forward = jax.jit(model.apply)
     prompts = [[1, 5, 2], [7, 7, 7, 3, 9, 0, 4]]
     for prompt in prompts:
@@ -77,3 +78,28 @@ def test_cached_greedy_generation_equals_full_recomputation(name):
     # Two prompt lengths, one compiled program.
     assert generate._cache_size() == 1
 
+
+
+def test_transformer_slides_its_context_past_max_len():
+    """Past max_len the cache is rebuilt from the last max_len // 2 tokens; every token must be
+    the greedy choice given exactly the context that policy leaves the model."""
+    cfg = models.TransformerLMConfig(vocab_size=11, num_layers=1, num_heads=2, d_model=16,
+                                     max_len=8, positional="rope")
+    model = models.build(cfg)
+    variables = jax.tree.map(lambda x: x * 3.0, nn.meta.unbox(model.init(jax.random.key(5), jnp.zeros((1, 8), jnp.int32))))
+    generate = gen.make_generate(model, buffer_len=64, context=8)
+    prompt = [3, 1, 4]
+    buf = jnp.zeros((1, 64), jnp.int32).at[0, :3].set(jnp.asarray(prompt))
+    out = list(np.asarray(generate(variables, buf, jnp.int32(3), jnp.int32(30), jax.random.key(0),
+                                   jnp.float32(0.0), jnp.int32(0), jnp.float32(1.0))[0, :33]))
+    forward = jax.jit(model.apply)
+    seq, start = list(prompt), 0
+    for i in range(32):
+        if i - start >= 8:  # the cache holds positions start..i-1: full
+            start = i - 4 + 1
+        if i + 1 < len(seq):
+            continue  # still inside the prompt
+        window = seq[start:i + 1]
+        padded = jnp.zeros((1, 8), jnp.int32).at[0, :len(window)].set(jnp.asarray(window))
+        seq.append(int(jnp.argmax(forward(variables, padded)[0, len(window) - 1])))
+    assert out == seq
