@@ -4,6 +4,10 @@ Eight simulated CPU devices on every run (the multi-device code paths are tested
 strict rank promotion so an accidental broadcast between mismatched ranks fails loudly.
 """
 
+import functools
+import http.server
+import threading
+
 import jax
 import pytest
 
@@ -16,3 +20,26 @@ def mnist():
     from jaxmodels import data
 
     return data.load_image_dataset("mnist")
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def http_root(tmp_path):
+    """(folder, base URL) of a threading HTTP server on 127.0.0.1 (port 0) serving that folder:
+    the download tests' stand-in for a dataset's canonical host. Shut down after the test."""
+    root = tmp_path / "www"
+    root.mkdir()
+    handler = functools.partial(_QuietHandler, directory=str(root))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    try:
+        yield root, f"http://127.0.0.1:{server.server_address[1]}/"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)

@@ -7,10 +7,8 @@ so nothing here touches the internet. Every test sees its own empty cache dir
 
 from __future__ import annotations
 
-import functools
 import gzip
 import hashlib
-import http.server
 import json
 import math
 import os
@@ -19,7 +17,6 @@ import socket
 import struct
 import subprocess
 import sys
-import threading
 import time
 
 import numpy as np
@@ -70,28 +67,6 @@ def write_idx_set(folder: pathlib.Path, num_train: int = 120, num_test: int = 20
 
 def sha256_of(path: pathlib.Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
-
-
-@pytest.fixture
-def http_root(tmp_path):
-    """(folder, base URL) of an HTTP server on 127.0.0.1 serving that folder."""
-    root = tmp_path / "www"
-    root.mkdir()
-    handler = functools.partial(_QuietHandler, directory=str(root))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    try:
-        yield root, f"http://127.0.0.1:{server.server_address[1]}/"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
 
 
 def closed_port_url() -> str:

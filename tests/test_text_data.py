@@ -8,16 +8,13 @@ here touches the internet. Every test sees its own empty cache dir (XDG_CACHE_HO
 from __future__ import annotations
 
 import bz2
-import functools
 import hashlib
-import http.server
 import io
 import json
 import os
 import pathlib
 import subprocess
 import sys
-import threading
 import time
 import zipfile
 
@@ -60,28 +57,6 @@ def _isolated_environment(tmp_path, monkeypatch):
 def assert_one_line(error: BaseException):
     message = str(error)
     assert message and "\n" not in message, message
-
-
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
-
-
-@pytest.fixture
-def http_root(tmp_path):
-    """(folder, base URL) of a threading HTTP server on 127.0.0.1 (port 0) serving that folder."""
-    root = tmp_path / "www"
-    root.mkdir()
-    handler = functools.partial(_QuietHandler, directory=str(root))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    try:
-        yield root, f"http://127.0.0.1:{server.server_address[1]}/"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
 
 
 def cache_folder(tmp_path: pathlib.Path, name: str) -> pathlib.Path:
