@@ -5,8 +5,8 @@ Adam (lr 2e-3, 100 warmup steps, cosine decay to 2e-4), gradient clipping at 1.
 
   Command:  jaxmodels train experiments/configs/lstm_shakespeare.py --workdir runs/lstm_shakespeare
             jaxmodels sample --workdir runs/lstm_shakespeare --prompt "ROMEO:" --max-new-tokens 300
-  Runtime:  about 4 minutes on a 2-core CPU.
-  Expected: validation loss <= 1.72 nats/character.
+  Runtime:  about 4.5 minutes on a 2-core CPU.
+  Expected: validation loss <= 1.72 nats/character; measured 1.696 (seed 0).
   Tiny:     --tiny trains 30 steps of a 32-unit LSTM.
 """
 

@@ -4,8 +4,8 @@ learned positions, mean pooling, pre-LayerNorm, GELU MLP of 128.
 AdamW (lr 2e-3, 300 warmup steps, cosine decay, weight decay 0.05), batch 128, 8 epochs.
 
   Command:  jaxmodels train experiments/configs/vit_mnist.py --workdir runs/vit_mnist
-  Runtime:  about 10 minutes on a 2-core CPU.
-  Expected: test accuracy >= 97.5 %.
+  Runtime:  about 12 minutes on a 2-core CPU alone, 17 with other work beside it.
+  Expected: test accuracy >= 97.5 %; measured 98.09 % (seed 0).
   Tiny:     --tiny trains 30 steps of a 1-layer width-16 encoder.
 """
 
