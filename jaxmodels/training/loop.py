@@ -33,9 +33,10 @@ from jaxmodels import models
 from jaxmodels.config import Config
 from jaxmodels.errors import UserError
 from jaxmodels.parallel import mesh as mesh_lib
+from jaxmodels.parallel import sharding as sharding_lib
 from jaxmodels.training import checkpoint, optim, plots, tasks
 from jaxmodels.training import step as step_lib
-from jaxmodels.training.state import TrainState, count_params, init_state
+from jaxmodels.training.state import TrainState, abstract_variables, count_params, init_state
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +54,7 @@ class Setup:
     init_fn: Any  # jitted: () -> TrainState, born with its sharding
     train_step: Any  # jitted, state donated
     eval_step: Any  # jitted
+    parallel: sharding_lib.Report  # mesh, per-device bytes, what could not be split
 
 
 def total_steps(train_cfg: config_lib.TrainConfig, steps_per_epoch: float) -> int:
@@ -76,23 +78,44 @@ def setup(config: Config) -> Setup:
     tx, schedule = optim.make(config.optimizer, steps)
     example = jnp.asarray(task.example_inputs)
 
-    mesh = mesh_lib.make_mesh()
-    state_sharding = mesh_lib.replicated(mesh)
+    mesh = mesh_lib.make_mesh(config.parallel)
+    dp = mesh_lib.data_parallel_size(mesh)
+    if config.data.batch_size % dp:
+        raise UserError(
+            f"data.batch_size={config.data.batch_size} is not divisible by the {dp} data-parallel "
+            f"devices (mesh {dict(mesh.shape)}): use a multiple of {dp}, e.g. "
+            f"data.batch_size={dp * max(1, round(config.data.batch_size / dp))}")
+    init = lambda: init_state(model, tx, example, config.train.seed)  # noqa: E731
+    # Shardings are derived from shapes and logical names alone, before any parameter exists.
+    state_sharding, report = sharding_lib.state_shardings(
+        jax.eval_shape(init), abstract_variables(model, example)["params"], mesh,
+        config.parallel.preset, threshold_bytes=config.parallel.replication_threshold_bytes,
+        strict=config.parallel.strict)
     batch_sharding = mesh_lib.batch_sharding(mesh)
+    replicated = mesh_lib.replicated(mesh)
     # The state is created inside jit with its output sharding, so it is born where it lives.
-    init_fn = jax.jit(lambda: init_state(model, tx, example, config.train.seed),
-                      out_shardings=state_sharding)
+    init_fn = jax.jit(init, out_shardings=state_sharding)
     train_step = jax.jit(
         step_lib.make_train_step(model, tx, schedule, microbatches=config.train.microbatches),
         in_shardings=(state_sharding, batch_sharding),
-        out_shardings=(state_sharding, state_sharding),
+        out_shardings=(state_sharding, replicated),
         donate_argnums=0,
     )
     eval_step = jax.jit(step_lib.make_eval_step(model),
                         in_shardings=(state_sharding, batch_sharding),
-                        out_shardings=state_sharding)
+                        out_shardings=replicated)
     return Setup(config, task, model, steps, steps_per_epoch, mesh, state_sharding,
-                 batch_sharding, init_fn, train_step, eval_step)
+                 batch_sharding, init_fn, train_step, eval_step, report)
+
+
+def _pad_batch(batch: dict, multiple: int) -> dict:
+    """Pads the leading dimension up to a multiple of `multiple` with masked-out rows, so any
+    evaluation batch size splits over the data-parallel devices (sums are unchanged)."""
+    n = len(batch["mask"])
+    extra = -n % multiple
+    if not extra:
+        return batch
+    return {k: np.concatenate([v, np.zeros((extra, *v.shape[1:]), v.dtype)]) for k, v in batch.items()}
 
 
 def run_eval(s: Setup, state: TrainState, split: str, *, periodic: bool = False) -> dict:
@@ -100,6 +123,7 @@ def run_eval(s: Setup, state: TrainState, split: str, *, periodic: bool = False)
     masked). `periodic` lets a task read a fixed subset during training (text)."""
     sums = None
     for batch in s.task.eval_batches(split, periodic=periodic):
+        batch = _pad_batch(batch, mesh_lib.data_parallel_size(s.mesh))
         out = s.eval_step(state, jax.device_put(batch, s.batch_sharding))
         sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
     sums = jax.device_get(sums)
@@ -159,8 +183,9 @@ def train(config: Config, workdir: str | os.PathLike) -> dict:
     print(f"{cfg.name}: {type(s.model).__name__} with {n_params:,} parameters on "
           f"{s.task.describe()}; "
           f"{s.total_steps:,} steps of batch {cfg.data.batch_size} "
-          f"({s.total_steps / s.steps_per_epoch:.2f} epochs) on {jax.devices()[0].platform}",
-          file=sys.stderr)
+          f"({s.total_steps / s.steps_per_epoch:.2f} epochs) on {s.mesh.devices.size} "
+          f"{jax.devices()[0].platform} device(s)", file=sys.stderr)
+    print(f"{cfg.name}: {s.parallel.describe()}", file=sys.stderr)
 
     metrics_file = (workdir / "metrics.jsonl").open("w")
     records: list[dict] = []
@@ -248,6 +273,7 @@ def train(config: Config, workdir: str | os.PathLike) -> dict:
         "compilations": {"train_step": _cache_size(s.train_step),
                          "eval_step": _cache_size(s.eval_step)},
         "devices": [str(d) for d in s.mesh.devices.flat],
+        "parallel": s.parallel.as_dict(),
         "jax_version": jax.__version__,
     }
     _write_json(workdir / "summary.json", summary)
