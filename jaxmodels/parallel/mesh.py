@@ -76,6 +76,16 @@ def data_parallel_size(mesh: Mesh) -> int:
     return math.prod(mesh.shape[a] for a in BATCH_AXES)
 
 
+def check_batch_size(batch_size: int, mesh: Mesh) -> None:
+    """One-line UserError, before anything compiles, when a batch cannot split evenly."""
+    dp = data_parallel_size(mesh)
+    if batch_size % dp:
+        raise UserError(
+            f"data.batch_size={batch_size} is not divisible by the {dp} data-parallel devices "
+            f"(mesh {dict(mesh.shape)}): use a multiple of {dp}, e.g. "
+            f"data.batch_size={dp * max(1, round(batch_size / dp))}")
+
+
 def batch_sharding(mesh: Mesh) -> NamedSharding:
     """Leading (batch) dimension split over every batch axis; the rest replicated."""
     return NamedSharding(mesh, P(BATCH_AXES))

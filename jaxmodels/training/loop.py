@@ -79,24 +79,39 @@ def setup(config: Config) -> Setup:
     example = jnp.asarray(task.example_inputs)
 
     mesh = mesh_lib.make_mesh(config.parallel)
-    dp = mesh_lib.data_parallel_size(mesh)
-    if config.data.batch_size % dp:
-        raise UserError(
-            f"data.batch_size={config.data.batch_size} is not divisible by the {dp} data-parallel "
-            f"devices (mesh {dict(mesh.shape)}): use a multiple of {dp}, e.g. "
-            f"data.batch_size={dp * max(1, round(config.data.batch_size / dp))}")
-    init = lambda: init_state(model, tx, example, config.train.seed)  # noqa: E731
+    mesh_lib.check_batch_size(config.data.batch_size, mesh)
+    c = compile_steps(model, tx, schedule, example, config.parallel, mesh, seed=config.train.seed,
+                      microbatches=config.train.microbatches)
+    return Setup(config, task, model, steps, steps_per_epoch, mesh, c.state_sharding,
+                 c.batch_sharding, c.init_fn, c.train_step, c.eval_step, c.report)
+
+
+@dataclasses.dataclass(frozen=True)
+class Compiled:
+    state_sharding: Any  # TrainState-shaped tree of NamedShardings
+    batch_sharding: Any
+    init_fn: Any  # jitted: () -> TrainState, born sharded
+    train_step: Any  # jitted, state donated
+    eval_step: Any  # jitted
+    report: sharding_lib.Report
+
+
+def compile_steps(model, tx, schedule, example, parallel: config_lib.ParallelConfig, mesh, *,
+                  seed: int = 0, microbatches: int = 1) -> Compiled:
+    """Shardings from the rules table and the jitted init/train/eval over `mesh` (importable, so
+    tests compare any mesh with a one-device one)."""
+    init = lambda: init_state(model, tx, example, seed)  # noqa: E731
     # Shardings are derived from shapes and logical names alone, before any parameter exists.
     state_sharding, report = sharding_lib.state_shardings(
         jax.eval_shape(init), abstract_variables(model, example)["params"], mesh,
-        config.parallel.preset, threshold_bytes=config.parallel.replication_threshold_bytes,
-        strict=config.parallel.strict)
+        parallel.preset, threshold_bytes=parallel.replication_threshold_bytes,
+        strict=parallel.strict)
     batch_sharding = mesh_lib.batch_sharding(mesh)
     replicated = mesh_lib.replicated(mesh)
     # The state is created inside jit with its output sharding, so it is born where it lives.
     init_fn = jax.jit(init, out_shardings=state_sharding)
     train_step = jax.jit(
-        step_lib.make_train_step(model, tx, schedule, microbatches=config.train.microbatches),
+        step_lib.make_train_step(model, tx, schedule, microbatches=microbatches),
         in_shardings=(state_sharding, batch_sharding),
         out_shardings=(state_sharding, replicated),
         donate_argnums=0,
@@ -104,8 +119,7 @@ def setup(config: Config) -> Setup:
     eval_step = jax.jit(step_lib.make_eval_step(model),
                         in_shardings=(state_sharding, batch_sharding),
                         out_shardings=replicated)
-    return Setup(config, task, model, steps, steps_per_epoch, mesh, state_sharding,
-                 batch_sharding, init_fn, train_step, eval_step, report)
+    return Compiled(state_sharding, batch_sharding, init_fn, train_step, eval_step, report)
 
 
 def _pad_batch(batch: dict, multiple: int) -> dict:
