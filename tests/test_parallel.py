@@ -239,3 +239,48 @@ def test_batch_not_divisible_by_data_axis_is_an_error_before_compile():
                                             "train.steps=1", "optimizer.schedule=constant"])
     with pytest.raises(UserError, match=r"data.batch_size=12 is not divisible by the 8 data-parallel devices.*data.batch_size=16"):
         loop.setup(config)
+
+
+def _uneven_batches():
+    # Shards hold different numbers of masked-out targets: a mean of shard means would be wrong.
+    batches = _batches("image")
+    for b in batches:
+        b["mask"][:5] = 0.0
+    return batches
+
+
+@functools.cache
+def _mlp_step(axis_name=None):
+    model = models.build(FAMILIES["mlp"][0])
+    tx, schedule = optim.make(OptimizerConfig(name="adam", learning_rate=1e-2), total_steps=100)
+    from jaxmodels.training import step as step_lib
+    # Host copies: the donating steps below must not delete the shared initial state.
+    return (jax.device_get(loop.init_state(model, tx, _example("image"), 0)),
+            step_lib.make_train_step(model, tx, schedule, axis_name=axis_name))
+
+
+def _loop(step, state, batches):
+    losses = []
+    for b in batches:
+        state, m = step(state, b)
+        losses.append(float(np.asarray(m["loss"]).reshape(-1)[0]))
+    return np.array(losses), state
+
+
+def test_shard_map_and_pmap_steps_equal_the_jit_step():
+    state, plain = _mlp_step()
+    ref_losses, ref = _loop(jax.jit(plain), state, _uneven_batches())
+    _, per_shard = _mlp_step("data")
+    mesh = mesh_lib.make_mesh(ParallelConfig())  # 8 on "data"
+    losses, out = _loop(mesh_lib.shard_map_step(per_shard, mesh), state, _uneven_batches())
+    np.testing.assert_allclose(losses, ref_losses, rtol=RTOL, atol=ATOL)
+    chex.assert_trees_all_close(jax.device_get(out.params), ref.params, rtol=RTOL, atol=ATOL)
+
+    # A user's pmap: leading axis of 8 on both state (replicated) and batch (split).
+    pmapped = jax.pmap(per_shard, axis_name="data")
+    replicated = jax.tree.map(lambda x: np.broadcast_to(x, (8, *np.shape(x))), state)
+    split = [jax.tree.map(lambda x: x.reshape(8, -1, *x.shape[1:]), b) for b in _uneven_batches()]
+    losses, out = _loop(pmapped, replicated, split)
+    np.testing.assert_allclose(losses, ref_losses, rtol=RTOL, atol=ATOL)
+    chex.assert_trees_all_close(jax.tree.map(lambda x: x[0], jax.device_get(out.params)),
+                                ref.params, rtol=RTOL, atol=ATOL)
