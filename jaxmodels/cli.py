@@ -1,6 +1,7 @@
 """The `jaxmodels` command: parses arguments, then calls `jaxmodels.train` / `jaxmodels.evaluate`.
 
   jaxmodels train [CONFIG] [KEY=VALUE ...] [--workdir DIR] [--tiny]
+                  [--coordinator HOST:PORT --num-processes N --process-id I]
   jaxmodels eval CONFIG [KEY=VALUE ...] --workdir DIR [--split test|validation]
   jaxmodels sample --workdir DIR --prompt TEXT [--max-new-tokens N --temperature T --top-k K
                    --top-p P --seed S]
@@ -35,6 +36,12 @@ def _parser() -> argparse.ArgumentParser:
     common(train, config_required=False)
     train.add_argument("--workdir", default=None,
                        help="output folder (default: runs/<config name>)")
+    # Multi-host: the same command on every host, each with its own --process-id (or the
+    # JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID environment variables).
+    train.add_argument("--coordinator", default=None, metavar="HOST:PORT",
+                       help="address of process 0, for multi-process training")
+    train.add_argument("--num-processes", type=int, default=None)
+    train.add_argument("--process-id", type=int, default=None)
 
     ev = sub.add_parser("eval", help="evaluate the weights a training run saved in --workdir")
     common(ev, config_required=True)
@@ -90,8 +97,15 @@ def main(argv: list[str] | None = None) -> int:
         from jaxmodels.training import loop
 
         if args.command == "train":
+            from jaxmodels.parallel import distributed
+
+            multi = distributed.settings_from(args.coordinator, args.num_processes, args.process_id)
+            if multi is not None:
+                distributed.initialize(*multi)
             workdir = args.workdir or str(pathlib.Path("runs") / config.name)
             summary = loop.train(config, workdir)
+            if not distributed.is_main():
+                return 0
             print(json.dumps({k: summary[k] for k in ("step", "eval_split", "eval_loss", "eval_accuracy", "wall_time_s", "examples_per_sec")}))
         else:
             result = loop.evaluate(config, args.workdir, split=args.split)

@@ -15,6 +15,7 @@ Files written to WORKDIR:
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import math
 import os
@@ -32,6 +33,7 @@ from jaxmodels import config as config_lib
 from jaxmodels import models
 from jaxmodels.config import Config
 from jaxmodels.errors import UserError
+from jaxmodels.parallel import distributed
 from jaxmodels.parallel import mesh as mesh_lib
 from jaxmodels.parallel import sharding as sharding_lib
 from jaxmodels.training import checkpoint, optim, plots, tasks
@@ -138,7 +140,7 @@ def run_eval(s: Setup, state: TrainState, split: str, *, periodic: bool = False)
     sums = None
     for batch in s.task.eval_batches(split, periodic=periodic):
         batch = _pad_batch(batch, mesh_lib.data_parallel_size(s.mesh))
-        out = s.eval_step(state, jax.device_put(batch, s.batch_sharding))
+        out = s.eval_step(state, distributed.put_batch(batch, s.batch_sharding))
         sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
     sums = jax.device_get(sums)
     count = float(sums["count"])
@@ -178,12 +180,16 @@ def _cache_size(jitted) -> int | None:
 def train(config: Config, workdir: str | os.PathLike) -> dict:
     """Trains `config` and writes into `workdir`; returns the summary dict (also summary.json)."""
     workdir = pathlib.Path(workdir)
-    _prepare_workdir(workdir)
+    # With several processes (multi-host) process 0 writes every file; the others compute.
+    main = distributed.is_main()
+    if main:
+        _prepare_workdir(workdir)
     t_start = time.perf_counter()
     s = setup(config)
     cfg = s.config
-    (workdir / "config.json").write_text(config_lib.to_json(cfg) + "\n")
-    s.task.save(workdir)
+    if main:
+        (workdir / "config.json").write_text(config_lib.to_json(cfg) + "\n")
+        s.task.save(workdir)
     batches = s.task.train_batches(cfg.train.seed)
 
     def eval_due(step: int) -> bool:
@@ -194,14 +200,15 @@ def train(config: Config, workdir: str | os.PathLike) -> dict:
 
     state = s.init_fn()
     n_params = count_params(state.params)
+    log = sys.stderr if main else io.StringIO()
     print(f"{cfg.name}: {type(s.model).__name__} with {n_params:,} parameters on "
           f"{s.task.describe()}; "
           f"{s.total_steps:,} steps of batch {cfg.data.batch_size} "
           f"({s.total_steps / s.steps_per_epoch:.2f} epochs) on {s.mesh.devices.size} "
-          f"{jax.devices()[0].platform} device(s)", file=sys.stderr)
-    print(f"{cfg.name}: {s.parallel.describe()}", file=sys.stderr)
+          f"{jax.devices()[0].platform} device(s) in {jax.process_count()} process(es)", file=log)
+    print(f"{cfg.name}: {s.parallel.describe()}", file=log)
 
-    metrics_file = (workdir / "metrics.jsonl").open("w")
+    metrics_file = (workdir / "metrics.jsonl").open("w") if main else io.StringIO()
     records: list[dict] = []
     pending: list[dict] = []
     train_time = 0.0  # seconds spent in training steps after the first (compiling) one
@@ -210,11 +217,11 @@ def train(config: Config, workdir: str | os.PathLike) -> dict:
     interval_start = time.perf_counter()
     interval_examples = 0
     last_train: dict = {}
-    bar = tqdm.tqdm(total=s.total_steps, disable=not cfg.train.progress, unit="step",
+    bar = tqdm.tqdm(total=s.total_steps, disable=not (cfg.train.progress and main), unit="step",
                     dynamic_ncols=True, file=sys.stderr)
     try:
         for i in range(s.total_steps):
-            batch = jax.device_put(next(batches), s.batch_sharding)
+            batch = distributed.put_batch(next(batches), s.batch_sharding)
             state, metrics = s.train_step(state, batch)
             if i == 0:
                 # Only the first step blocks: it measures compile time and starts the clock.
@@ -251,8 +258,9 @@ def train(config: Config, workdir: str | os.PathLike) -> dict:
                 interval_start += eval_seconds
                 record = record or {"step": step, "epoch": round(step / s.steps_per_epoch, 4)}
                 record.update(val_loss=val["loss"], val_accuracy=val["accuracy"])
-                bar.write(f"step {step}: val_loss {val['loss']:.4f} val_accuracy "
-                          f"{100 * val['accuracy']:.2f}%")
+                if main:
+                    bar.write(f"step {step}: val_loss {val['loss']:.4f} val_accuracy "
+                              f"{100 * val['accuracy']:.2f}%")
             if record is not None:
                 records.append(record)
                 metrics_file.write(json.dumps(record) + "\n")
@@ -262,7 +270,7 @@ def train(config: Config, workdir: str | os.PathLike) -> dict:
         metrics_file.close()
 
     final = run_eval(s, state, cfg.data.eval_split)
-    checkpoint.save_weights(workdir, state)
+    checkpoint.save_weights(workdir, state)  # every process: orbax gathers the shards
     trained_examples = (s.total_steps - 1) * cfg.data.batch_size
     summary = {
         "name": cfg.name,
@@ -290,6 +298,8 @@ def train(config: Config, workdir: str | os.PathLike) -> dict:
         "parallel": s.parallel.as_dict(),
         "jax_version": jax.__version__,
     }
+    if not main:
+        return summary
     _write_json(workdir / "summary.json", summary)
     plots.learning_curves(records, workdir / "curves.png", title=f"{cfg.name} ({type(s.model).__name__})")
     print(f"{cfg.name}: {cfg.data.eval_split} accuracy {100 * final['accuracy']:.2f}% "
