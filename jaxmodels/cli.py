@@ -3,6 +3,7 @@
   jaxmodels train [CONFIG] [KEY=VALUE ...] [--workdir DIR] [--tiny]
                   [--coordinator HOST:PORT --num-processes N --process-id I]
   jaxmodels eval CONFIG [KEY=VALUE ...] --workdir DIR [--split test|validation]
+  jaxmodels plan CONFIG [KEY=VALUE ...] [--device-memory 16GiB] [--no-compile]
   jaxmodels sample --workdir DIR --prompt TEXT [--max-new-tokens N --temperature T --top-k K
                    --top-p P --seed S]
 
@@ -48,6 +49,12 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--workdir", required=True)
     ev.add_argument("--split", choices=("validation", "test"), default=None,
                     help="default: the config's data.eval_split")
+    plan = sub.add_parser("plan", help="per-device memory of a config's training step")
+    common(plan, config_required=True)
+    plan.add_argument("--device-memory", default=None, metavar="SIZE",
+                      help="budget per device (e.g. 16GiB); exceeding it exits with status 2")
+    plan.add_argument("--no-compile", action="store_true",
+                      help="skip XLA's memory analysis of the compiled step (analytic only)")
     sample = sub.add_parser("sample", help="generate text from a trained language model")
     sample.add_argument("--workdir", required=True, help="the workdir of a language-model run")
     sample.add_argument("--prompt", required=True)
@@ -96,7 +103,16 @@ def main(argv: list[str] | None = None) -> int:
         # Imported here so that `jaxmodels --help` and config errors answer before JAX starts.
         from jaxmodels.training import loop
 
-        if args.command == "train":
+        if args.command == "plan":
+            from jaxmodels.training import plan as plan_lib
+
+            budget = plan_lib.parse_bytes(args.device_memory) if args.device_memory else None
+            p = plan_lib.plan(config, compile_step=not args.no_compile)
+            print(p.describe())
+            if budget is not None:
+                plan_lib.check_budget(p, budget)
+                print(f"fits: {p.total / 2 ** 20:,.1f} MiB of {budget / 2 ** 20:,.1f} MiB per device")
+        elif args.command == "train":
             from jaxmodels.parallel import distributed
 
             multi = distributed.settings_from(args.coordinator, args.num_processes, args.process_id)
