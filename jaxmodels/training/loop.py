@@ -67,6 +67,9 @@ def total_steps(train_cfg: config_lib.TrainConfig, steps_per_epoch: float) -> in
 
 
 def setup(config: Config) -> Setup:
+    # Mesh mistakes are cheap to find: report them before loading data or compiling anything.
+    mesh = mesh_lib.make_mesh(config.parallel)
+    mesh_lib.check_batch_size(config.data.batch_size, mesh)
     task = tasks.build(config.data)
     config = dataclasses.replace(config, model=tasks.resolve_model(config.model, task))
     steps_per_epoch = task.train_size / config.data.batch_size
@@ -80,8 +83,6 @@ def setup(config: Config) -> Setup:
     tx, schedule = optim.make(config.optimizer, steps)
     example = jnp.asarray(task.example_inputs)
 
-    mesh = mesh_lib.make_mesh(config.parallel)
-    mesh_lib.check_batch_size(config.data.batch_size, mesh)
     c = compile_steps(model, tx, schedule, example, config.parallel, mesh, seed=config.train.seed,
                       microbatches=config.train.microbatches)
     return Setup(config, task, model, steps, steps_per_epoch, mesh, c.state_sharding,
