@@ -73,8 +73,13 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
             (_, (model_state, loss_sum, correct)), grads = grad_fn(
                 state.params, state.model_state, batch, rng, total_count)
         else:
+            # Micro-batch j is rows j, j+k, j+2k, ... (strided, not contiguous): with the batch
+            # split over devices along rows, every device then holds its share of every
+            # micro-batch, so the scan needs no communication. The sum over micro-batches is the
+            # same either way.
             slices = jax.tree.map(
-                lambda x: x.reshape(microbatches, x.shape[0] // microbatches, *x.shape[1:]), batch)
+                lambda x: x.reshape(x.shape[0] // microbatches, microbatches, *x.shape[1:]
+                                    ).swapaxes(0, 1), batch)
 
             def body(carry, inputs):
                 grads_acc, model_state, loss_acc, correct_acc = carry
