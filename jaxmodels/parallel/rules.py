@@ -113,15 +113,3 @@ def mesh_spec(logical: P | None, shape: tuple[int, ...], preset: str, mesh_shape
         out.pop()  # P("x", None) == P("x") semantically; the short form reads better in reports
     return P(*out), fallbacks
 
-
-def logical_axis_rules(preset: str, mesh_shape: dict[str, int]) -> tuple[tuple[str, MeshAxes], ...]:
-    """The table in Flax's `nn.logical_axis_rules` form (first rule per name wins), for activation
-    constraints (`nn.with_logical_constraint`); size-1 mesh axes are dropped."""
-    seen, out = set(), []
-    for name, axes in RULES[preset]:
-        if name in seen:
-            continue
-        seen.add(name)
-        wanted = tuple(a for a in _axes_tuple(axes) if mesh_shape.get(a, 1) > 1)
-        out.append((name, wanted[0] if len(wanted) == 1 else (wanted or None)))
-    return tuple(out)

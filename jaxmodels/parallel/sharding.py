@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import warnings
-from typing import Any
 
 import flax.linen as nn
 import jax
@@ -130,7 +129,3 @@ def state_shardings(state_shapes, boxed_params, mesh: Mesh, preset: str, *,
         warnings.warn(message, stacklevel=2)
     return shardings, report
 
-
-def shardings_of(tree) -> Any:
-    """The sharding of every array in `tree` (for tests and reports)."""
-    return jax.tree.map(lambda x: x.sharding, tree)
