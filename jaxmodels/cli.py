@@ -1,7 +1,9 @@
 """The `jaxmodels` command: parses arguments, then calls `jaxmodels.train` / `jaxmodels.evaluate`.
 
   jaxmodels train [CONFIG] [KEY=VALUE ...] [--workdir DIR] [--tiny]
+                  [--coordinator HOST:PORT --num-processes N --process-id I]
   jaxmodels eval CONFIG [KEY=VALUE ...] --workdir DIR [--split test|validation]
+  jaxmodels plan CONFIG [KEY=VALUE ...] [--device-memory 16GiB] [--no-compile]
   jaxmodels sample --workdir DIR --prompt TEXT [--max-new-tokens N --temperature T --top-k K
                    --top-p P --seed S]
 
@@ -35,12 +37,24 @@ def _parser() -> argparse.ArgumentParser:
     common(train, config_required=False)
     train.add_argument("--workdir", default=None,
                        help="output folder (default: runs/<config name>)")
+    # Multi-host: the same command on every host, each with its own --process-id (or the
+    # JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID environment variables).
+    train.add_argument("--coordinator", default=None, metavar="HOST:PORT",
+                       help="address of process 0, for multi-process training")
+    train.add_argument("--num-processes", type=int, default=None)
+    train.add_argument("--process-id", type=int, default=None)
 
     ev = sub.add_parser("eval", help="evaluate the weights a training run saved in --workdir")
     common(ev, config_required=True)
     ev.add_argument("--workdir", required=True)
     ev.add_argument("--split", choices=("validation", "test"), default=None,
                     help="default: the config's data.eval_split")
+    plan = sub.add_parser("plan", help="per-device memory of a config's training step")
+    common(plan, config_required=True)
+    plan.add_argument("--device-memory", default=None, metavar="SIZE",
+                      help="budget per device (e.g. 16GiB); exceeding it exits with status 2")
+    plan.add_argument("--no-compile", action="store_true",
+                      help="skip XLA's memory analysis of the compiled step (analytic only)")
     sample = sub.add_parser("sample", help="generate text from a trained language model")
     sample.add_argument("--workdir", required=True, help="the workdir of a language-model run")
     sample.add_argument("--prompt", required=True)
@@ -89,9 +103,25 @@ def main(argv: list[str] | None = None) -> int:
         # Imported here so that `jaxmodels --help` and config errors answer before JAX starts.
         from jaxmodels.training import loop
 
-        if args.command == "train":
+        if args.command == "plan":
+            from jaxmodels.training import plan as plan_lib
+
+            budget = plan_lib.parse_bytes(args.device_memory) if args.device_memory else None
+            p = plan_lib.plan(config, compile_step=not args.no_compile)
+            print(p.describe())
+            if budget is not None:
+                plan_lib.check_budget(p, budget)
+                print(f"fits: {p.total / 2 ** 20:,.1f} MiB of {budget / 2 ** 20:,.1f} MiB per device")
+        elif args.command == "train":
+            from jaxmodels.parallel import distributed
+
+            multi = distributed.settings_from(args.coordinator, args.num_processes, args.process_id)
+            if multi is not None:
+                distributed.initialize(*multi)
             workdir = args.workdir or str(pathlib.Path("runs") / config.name)
             summary = loop.train(config, workdir)
+            if not distributed.is_main():
+                return 0
             print(json.dumps({k: summary[k] for k in ("step", "eval_split", "eval_loss", "eval_accuracy", "wall_time_s", "examples_per_sec")}))
         else:
             result = loop.evaluate(config, args.workdir, split=args.split)

@@ -138,19 +138,64 @@ class TrainConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class ParallelConfig:
+    """How a run spreads over devices: a preset (the rules table mapping logical parameter axes to
+    mesh axes, see `jaxmodels.parallel.rules`) and the ("data", "fsdp", "tensor") mesh shape.
+
+    Mesh sizes left at None take the preset's default: data puts every device on "data", fsdp on
+    "fsdp", tensor on "tensor", fsdp_tensor 2 on "tensor" and the rest on "fsdp". An explicit size
+    replaces the default; -1 means "the devices the other axes leave", and when no axis is -1 and
+    parallel.data was not set, "data" takes the remainder (so `parallel.tensor=2` alone means
+    data-parallel replicas of 2-way tensor-parallel models).
+    """
+
+    preset: Literal["data", "fsdp", "tensor", "fsdp_tensor"] = "data"
+    data: int | None = None
+    fsdp: int | None = None
+    tensor: int | None = None
+    # Under a preset that shards parameters, a parameter at least this large (bytes) left fully
+    # replicated is reported (a warning; a ConfigError with strict=true).
+    replication_threshold_bytes: int = 1 << 20
+    strict: bool = False
+
+    def problems(self):
+        out = []
+        sizes = {n: getattr(self, n) for n in ("data", "fsdp", "tensor")}
+        for n, v in sizes.items():
+            if v is not None and v != -1 and v <= 0:
+                out.append((n, f"must be positive, -1 (the remaining devices) or none, got {v}"))
+        if sum(v == -1 for v in sizes.values()) > 1:
+            out.append(("data/fsdp/tensor", "may hold -1 (the remaining devices) only once"))
+        if self.preset in ("data", "fsdp") and self.tensor not in (None, 1):
+            out.append(("tensor", f"={self.tensor} is unused by parallel.preset={self.preset}: "
+                                  f"use parallel.preset=tensor or fsdp_tensor"))
+        if self.preset in ("data", "tensor") and self.fsdp not in (None, 1):
+            # The data preset replicates parameters: an fsdp axis there would only split batches,
+            # which parallel.data already does.
+            out.append(("fsdp", f"={self.fsdp} is unused by parallel.preset={self.preset}: "
+                                f"use parallel.preset=fsdp or fsdp_tensor"))
+        if self.replication_threshold_bytes < 0:
+            out.append(("replication_threshold_bytes",
+                        f"must be >= 0, got {self.replication_threshold_bytes}"))
+        return out
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
     model: models.ModelConfig = models.SeedCNNConfig()
     data: DataConfig = DataConfig()
     # The classic CNN's recipe: Adam at 1e-3, annealed (see experiments/configs/seed_cnn_mnist.py).
     optimizer: OptimizerConfig = OptimizerConfig(schedule="warmup_cosine", warmup_steps=500)
     train: TrainConfig = TrainConfig()
+    parallel: ParallelConfig = ParallelConfig()
     # Shown in logs and summaries; experiment files set it to their file name.
     name: str = "default"
 
     def __post_init__(self):
-        for section in ("model", "data", "optimizer", "train"):
+        for section in ("model", "data", "optimizer", "train", "parallel"):
             for key, message in getattr(self, section).problems():
-                raise ConfigError(f"{section}.{key} {message}")
+                sep = "" if message.startswith("=") else " "
+                raise ConfigError(f"{section}.{key}{sep}{message}")
         if self.data.batch_size % self.train.microbatches:
             raise ConfigError(
                 f"data.batch_size={self.data.batch_size} is not divisible by "
@@ -324,6 +369,7 @@ def from_dict(d: dict) -> Config:
         data=build(DataConfig, d.pop("data", {})),
         optimizer=build(OptimizerConfig, d.pop("optimizer", {})),
         train=build(TrainConfig, d.pop("train", {})),
+        parallel=build(ParallelConfig, d.pop("parallel", {})),
         **d,
     )
 

@@ -1,1 +1,1 @@
-"""Meshes, shardings and (later) multi-host start-up."""
+"""Meshes, the logical->mesh rules table, state shardings and multi-host start-up."""

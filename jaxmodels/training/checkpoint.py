@@ -31,6 +31,12 @@ def restore_weights(workdir: pathlib.Path, target: dict) -> dict:
     if not path.is_dir():
         raise UserError(f"no trained weights in {str(path)!r}: train first with 'jaxmodels train CONFIG --workdir {workdir}'")
     target = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+    # Without a sharding orbax would restore onto the devices the run was saved from, which fails
+    # when those differ (trained on 8 devices, sampled on 1): unplaced leaves go to one device.
+    one_device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    target = jax.tree.map(
+        lambda x: x if getattr(x, "sharding", None) is not None
+        else jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=one_device), target)
     try:
         return ocp.StandardCheckpointer().restore(path, target)
     except (ValueError, KeyError) as e:

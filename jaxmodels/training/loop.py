@@ -15,6 +15,7 @@ Files written to WORKDIR:
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import math
 import os
@@ -32,10 +33,12 @@ from jaxmodels import config as config_lib
 from jaxmodels import models
 from jaxmodels.config import Config
 from jaxmodels.errors import UserError
+from jaxmodels.parallel import distributed
 from jaxmodels.parallel import mesh as mesh_lib
+from jaxmodels.parallel import sharding as sharding_lib
 from jaxmodels.training import checkpoint, optim, plots, tasks
 from jaxmodels.training import step as step_lib
-from jaxmodels.training.state import TrainState, count_params, init_state
+from jaxmodels.training.state import TrainState, abstract_variables, count_params, init_state
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +56,7 @@ class Setup:
     init_fn: Any  # jitted: () -> TrainState, born with its sharding
     train_step: Any  # jitted, state donated
     eval_step: Any  # jitted
+    parallel: sharding_lib.Report  # mesh, per-device bytes, what could not be split
 
 
 def total_steps(train_cfg: config_lib.TrainConfig, steps_per_epoch: float) -> int:
@@ -63,6 +67,9 @@ def total_steps(train_cfg: config_lib.TrainConfig, steps_per_epoch: float) -> in
 
 
 def setup(config: Config) -> Setup:
+    # Mesh mistakes are cheap to find: report them before loading data or compiling anything.
+    mesh = mesh_lib.make_mesh(config.parallel)
+    mesh_lib.check_batch_size(config.data.batch_size, mesh)
     task = tasks.build(config.data)
     config = dataclasses.replace(config, model=tasks.resolve_model(config.model, task))
     steps_per_epoch = task.train_size / config.data.batch_size
@@ -76,23 +83,56 @@ def setup(config: Config) -> Setup:
     tx, schedule = optim.make(config.optimizer, steps)
     example = jnp.asarray(task.example_inputs)
 
-    mesh = mesh_lib.make_mesh()
-    state_sharding = mesh_lib.replicated(mesh)
+    c = compile_steps(model, tx, schedule, example, config.parallel, mesh, seed=config.train.seed,
+                      microbatches=config.train.microbatches)
+    return Setup(config, task, model, steps, steps_per_epoch, mesh, c.state_sharding,
+                 c.batch_sharding, c.init_fn, c.train_step, c.eval_step, c.report)
+
+
+@dataclasses.dataclass(frozen=True)
+class Compiled:
+    state_sharding: Any  # TrainState-shaped tree of NamedShardings
+    batch_sharding: Any
+    init_fn: Any  # jitted: () -> TrainState, born sharded
+    train_step: Any  # jitted, state donated
+    eval_step: Any  # jitted
+    report: sharding_lib.Report
+
+
+def compile_steps(model, tx, schedule, example, parallel: config_lib.ParallelConfig, mesh, *,
+                  seed: int = 0, microbatches: int = 1) -> Compiled:
+    """Shardings from the rules table and the jitted init/train/eval over `mesh` (importable, so
+    tests compare any mesh with a one-device one)."""
+    init = lambda: init_state(model, tx, example, seed)  # noqa: E731
+    # Shardings are derived from shapes and logical names alone, before any parameter exists.
+    state_sharding, report = sharding_lib.state_shardings(
+        jax.eval_shape(init), abstract_variables(model, example)["params"], mesh,
+        parallel.preset, threshold_bytes=parallel.replication_threshold_bytes,
+        strict=parallel.strict)
     batch_sharding = mesh_lib.batch_sharding(mesh)
+    replicated = mesh_lib.replicated(mesh)
     # The state is created inside jit with its output sharding, so it is born where it lives.
-    init_fn = jax.jit(lambda: init_state(model, tx, example, config.train.seed),
-                      out_shardings=state_sharding)
+    init_fn = jax.jit(init, out_shardings=state_sharding)
     train_step = jax.jit(
-        step_lib.make_train_step(model, tx, schedule, microbatches=config.train.microbatches),
+        step_lib.make_train_step(model, tx, schedule, microbatches=microbatches),
         in_shardings=(state_sharding, batch_sharding),
-        out_shardings=(state_sharding, state_sharding),
+        out_shardings=(state_sharding, replicated),
         donate_argnums=0,
     )
     eval_step = jax.jit(step_lib.make_eval_step(model),
                         in_shardings=(state_sharding, batch_sharding),
-                        out_shardings=state_sharding)
-    return Setup(config, task, model, steps, steps_per_epoch, mesh, state_sharding,
-                 batch_sharding, init_fn, train_step, eval_step)
+                        out_shardings=replicated)
+    return Compiled(state_sharding, batch_sharding, init_fn, train_step, eval_step, report)
+
+
+def _pad_batch(batch: dict, multiple: int) -> dict:
+    """Pads the leading dimension up to a multiple of `multiple` with masked-out rows, so any
+    evaluation batch size splits over the data-parallel devices (sums are unchanged)."""
+    n = len(batch["mask"])
+    extra = -n % multiple
+    if not extra:
+        return batch
+    return {k: np.concatenate([v, np.zeros((extra, *v.shape[1:]), v.dtype)]) for k, v in batch.items()}
 
 
 def run_eval(s: Setup, state: TrainState, split: str, *, periodic: bool = False) -> dict:
@@ -100,7 +140,8 @@ def run_eval(s: Setup, state: TrainState, split: str, *, periodic: bool = False)
     masked). `periodic` lets a task read a fixed subset during training (text)."""
     sums = None
     for batch in s.task.eval_batches(split, periodic=periodic):
-        out = s.eval_step(state, jax.device_put(batch, s.batch_sharding))
+        batch = _pad_batch(batch, mesh_lib.data_parallel_size(s.mesh))
+        out = s.eval_step(state, distributed.put_batch(batch, s.batch_sharding))
         sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
     sums = jax.device_get(sums)
     count = float(sums["count"])
@@ -140,12 +181,16 @@ def _cache_size(jitted) -> int | None:
 def train(config: Config, workdir: str | os.PathLike) -> dict:
     """Trains `config` and writes into `workdir`; returns the summary dict (also summary.json)."""
     workdir = pathlib.Path(workdir)
-    _prepare_workdir(workdir)
+    # With several processes (multi-host) process 0 writes every file; the others compute.
+    main = distributed.is_main()
+    if main:
+        _prepare_workdir(workdir)
     t_start = time.perf_counter()
     s = setup(config)
     cfg = s.config
-    (workdir / "config.json").write_text(config_lib.to_json(cfg) + "\n")
-    s.task.save(workdir)
+    if main:
+        (workdir / "config.json").write_text(config_lib.to_json(cfg) + "\n")
+        s.task.save(workdir)
     batches = s.task.train_batches(cfg.train.seed)
 
     def eval_due(step: int) -> bool:
@@ -156,13 +201,15 @@ def train(config: Config, workdir: str | os.PathLike) -> dict:
 
     state = s.init_fn()
     n_params = count_params(state.params)
+    log = sys.stderr if main else io.StringIO()
     print(f"{cfg.name}: {type(s.model).__name__} with {n_params:,} parameters on "
           f"{s.task.describe()}; "
           f"{s.total_steps:,} steps of batch {cfg.data.batch_size} "
-          f"({s.total_steps / s.steps_per_epoch:.2f} epochs) on {jax.devices()[0].platform}",
-          file=sys.stderr)
+          f"({s.total_steps / s.steps_per_epoch:.2f} epochs) on {s.mesh.devices.size} "
+          f"{jax.devices()[0].platform} device(s) in {jax.process_count()} process(es)", file=log)
+    print(f"{cfg.name}: {s.parallel.describe()}", file=log)
 
-    metrics_file = (workdir / "metrics.jsonl").open("w")
+    metrics_file = (workdir / "metrics.jsonl").open("w") if main else io.StringIO()
     records: list[dict] = []
     pending: list[dict] = []
     train_time = 0.0  # seconds spent in training steps after the first (compiling) one
@@ -171,11 +218,11 @@ def train(config: Config, workdir: str | os.PathLike) -> dict:
     interval_start = time.perf_counter()
     interval_examples = 0
     last_train: dict = {}
-    bar = tqdm.tqdm(total=s.total_steps, disable=not cfg.train.progress, unit="step",
+    bar = tqdm.tqdm(total=s.total_steps, disable=not (cfg.train.progress and main), unit="step",
                     dynamic_ncols=True, file=sys.stderr)
     try:
         for i in range(s.total_steps):
-            batch = jax.device_put(next(batches), s.batch_sharding)
+            batch = distributed.put_batch(next(batches), s.batch_sharding)
             state, metrics = s.train_step(state, batch)
             if i == 0:
                 # Only the first step blocks: it measures compile time and starts the clock.
@@ -212,8 +259,9 @@ def train(config: Config, workdir: str | os.PathLike) -> dict:
                 interval_start += eval_seconds
                 record = record or {"step": step, "epoch": round(step / s.steps_per_epoch, 4)}
                 record.update(val_loss=val["loss"], val_accuracy=val["accuracy"])
-                bar.write(f"step {step}: val_loss {val['loss']:.4f} val_accuracy "
-                          f"{100 * val['accuracy']:.2f}%")
+                if main:
+                    bar.write(f"step {step}: val_loss {val['loss']:.4f} val_accuracy "
+                              f"{100 * val['accuracy']:.2f}%")
             if record is not None:
                 records.append(record)
                 metrics_file.write(json.dumps(record) + "\n")
@@ -223,7 +271,7 @@ def train(config: Config, workdir: str | os.PathLike) -> dict:
         metrics_file.close()
 
     final = run_eval(s, state, cfg.data.eval_split)
-    checkpoint.save_weights(workdir, state)
+    checkpoint.save_weights(workdir, state)  # every process: orbax gathers the shards
     trained_examples = (s.total_steps - 1) * cfg.data.batch_size
     summary = {
         "name": cfg.name,
@@ -248,8 +296,11 @@ def train(config: Config, workdir: str | os.PathLike) -> dict:
         "compilations": {"train_step": _cache_size(s.train_step),
                          "eval_step": _cache_size(s.eval_step)},
         "devices": [str(d) for d in s.mesh.devices.flat],
+        "parallel": s.parallel.as_dict(),
         "jax_version": jax.__version__,
     }
+    if not main:
+        return summary
     _write_json(workdir / "summary.json", summary)
     plots.learning_curves(records, workdir / "curves.png", title=f"{cfg.name} ({type(s.model).__name__})")
     print(f"{cfg.name}: {cfg.data.eval_split} accuracy {100 * final['accuracy']:.2f}% "

@@ -46,5 +46,13 @@ def init_state(model: nn.Module, tx: optax.GradientTransformation, example_input
     )
 
 
+def abstract_variables(model: nn.Module, example_input: jax.Array):
+    """The model's variables as shapes only (`jax.eval_shape`: nothing is allocated), still
+    boxed with their logical axis names, for deriving shardings before the state exists."""
+    key = jax.random.key(0)
+    return jax.eval_shape(lambda: model.init({"params": key, "dropout": key}, example_input,
+                                             train=False))
+
+
 def count_params(params) -> int:
     return int(sum(x.size for x in jax.tree.leaves(params)))

@@ -32,10 +32,24 @@ def classification_sums(logits: jax.Array, targets: jax.Array, mask: jax.Array):
 
 
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
-                    schedule: Callable[[jax.Array], jax.Array], *, microbatches: int = 1
+                    schedule: Callable[[jax.Array], jax.Array], *, microbatches: int = 1,
+                    axis_name: str | None = None
                     ) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
     """Returns the pure train step. With `microbatches=k` each batch is split into k slices whose
-    gradients are summed by a scan (memory of one slice, result of the whole batch)."""
+    gradients are summed by a scan (memory of one slice, result of the whole batch).
+
+    `axis_name` is for running the step per shard, under `jax.shard_map` over a mesh axis or a
+    user's `jax.pmap(step, axis_name=...)`: each shard sees its slice of the batch, and the target
+    count, loss, correct count and gradients are summed over the axis before the update, so every
+    shard applies the same update as the jitted step on the whole batch (exactly, even when the
+    shards hold different numbers of masked-out targets, which a mean of shard means would not
+    be). Dropout keys are folded with the shard index; mutable collections (BatchNorm's running
+    statistics) are averaged over shards, each shard normalising with its own batch statistics.
+    Under plain `jax.jit` leave it None: GSPMD inserts the same reductions from the shardings.
+    """
+
+    def psum(x):
+        return x if axis_name is None else jax.lax.psum(x, axis_name)
 
     def loss_fn(params, model_state, batch, rng, total_count):
         variables = {"params": params, **model_state}
@@ -51,14 +65,21 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
 
     def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
         rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
-        total_count = jnp.maximum(jnp.sum(batch["mask"]), 1.0)  # real targets in the batch
+        if axis_name is not None:
+            rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
+        total_count = jnp.maximum(psum(jnp.sum(batch["mask"])), 1.0)  # real targets in the batch
 
         if microbatches == 1:
             (_, (model_state, loss_sum, correct)), grads = grad_fn(
                 state.params, state.model_state, batch, rng, total_count)
         else:
+            # Micro-batch j is rows j, j+k, j+2k, ... (strided, not contiguous): with the batch
+            # split over devices along rows, every device then holds its share of every
+            # micro-batch, so the scan needs no communication. The sum over micro-batches is the
+            # same either way.
             slices = jax.tree.map(
-                lambda x: x.reshape(microbatches, x.shape[0] // microbatches, *x.shape[1:]), batch)
+                lambda x: x.reshape(x.shape[0] // microbatches, microbatches, *x.shape[1:]
+                                    ).swapaxes(0, 1), batch)
 
             def body(carry, inputs):
                 grads_acc, model_state, loss_acc, correct_acc = carry
@@ -73,6 +94,10 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
             (grads, model_state, loss_sum, correct), _ = jax.lax.scan(
                 body, init, (jnp.arange(microbatches), slices))
 
+        if axis_name is not None:
+            # Slice losses were divided by the whole batch's count: their gradients add up.
+            grads, loss_sum, correct = psum((grads, loss_sum, correct))
+            model_state = jax.lax.pmean(model_state, axis_name)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics = {

@@ -1,0 +1,85 @@
+"""Multi-process (multi-host) start-up and feeding each process its slice of a global batch.
+
+One process per host, all running the same command; `initialize` joins them into one JAX runtime
+whose `jax.devices()` spans every host, so the mesh, the rules table and the jitted steps are the
+same as on one host. Every process runs the same deterministic data pipeline (same seed, same
+global batch) and hands JAX only the rows its own devices hold.
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import numpy as np
+from jax.sharding import NamedSharding
+
+from jaxmodels.errors import UserError
+
+ENV = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")
+
+
+def settings_from(coordinator: str | None, num_processes: int | None, process_id: int | None
+                  ) -> tuple[str, int, int] | None:
+    """(coordinator, num_processes, process_id) from the flags, falling back to the JAX_* env
+    variables; None when neither asks for more than one process."""
+    coordinator = coordinator or os.environ.get(ENV[0])
+    if num_processes is None and os.environ.get(ENV[1]):
+        num_processes = int(os.environ[ENV[1]])
+    if process_id is None and os.environ.get(ENV[2]):
+        process_id = int(os.environ[ENV[2]])
+    given = [v is not None for v in (coordinator, num_processes, process_id)]
+    if not any(given):
+        return None
+    if not all(given):
+        raise UserError("multi-process training needs all of --coordinator HOST:PORT, "
+                        "--num-processes N and --process-id I (or JAX_COORDINATOR_ADDRESS, "
+                        "JAX_NUM_PROCESSES, JAX_PROCESS_ID)")
+    if not 0 <= process_id < num_processes:
+        raise UserError(f"--process-id {process_id} is not in [0, {num_processes}): number the "
+                        f"processes 0 to {num_processes - 1}")
+    return coordinator, num_processes, process_id
+
+
+def initialize(coordinator: str, num_processes: int, process_id: int) -> None:
+    """Joins this process to the others. Call once, before anything touches a JAX device."""
+    # CPU devices of different processes talk through gloo; the default has no cross-process
+    # collectives. The setting only concerns the CPU backend, so it is harmless on accelerators.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
+                               process_id=process_id)
+
+
+def is_main() -> bool:
+    """Process 0 writes the files; the others only compute."""
+    return jax.process_index() == 0
+
+
+def process_rows(sharding: NamedSharding, global_rows: int) -> slice:
+    """The rows of a batch (leading dimension) that this process's devices hold."""
+    starts, stops = [], []
+    for index in sharding.addressable_devices_indices_map((global_rows,)).values():
+        rows = index[0]
+        starts.append(rows.start or 0)
+        stops.append(global_rows if rows.stop is None else rows.stop)
+    start, stop = min(starts), max(stops)
+    # make_array_from_process_local_data takes one contiguous block per process, which is what a
+    # mesh built process by process gives; anything else is a device order this code does not
+    # handle.
+    if sum(b - a for a, b in set(zip(starts, stops))) != stop - start:
+        raise UserError("this process's devices do not hold one contiguous block of the batch: "
+                        "build the mesh with each process's devices adjacent on the batch axes")
+    return slice(start, stop)
+
+
+def put_batch(batch: dict, sharding: NamedSharding) -> dict:
+    """A global batch (the same numpy arrays on every process) as sharded jax Arrays, each
+    process contributing only its own rows."""
+    if jax.process_count() == 1:
+        return jax.device_put(batch, sharding)
+    out = {}
+    for key, value in batch.items():
+        value = np.asarray(value)
+        rows = process_rows(sharding, value.shape[0])
+        out[key] = jax.make_array_from_process_local_data(sharding, value[rows], value.shape)
+    return out

@@ -1,0 +1,115 @@
+"""The one rules table: logical axis names -> mesh axes, per parallelism preset.
+
+Models name the axes of every parameter ("embed", "mlp", "heads", "kv", "head_dim", "vocab",
+"classes", "conv_in", "conv_out", "layers", "max_len", ...) and never mention a mesh axis; batches
+carry the logical name "batch" on their leading dimension. The mesh has three axes:
+
+  data    independent replicas, each on its own slice of the batch
+  fsdp    also splits the batch, and shards parameters (ZeRO-3: optimizer state and gradients
+          follow the parameters, each device holds 1/fsdp of them)
+  tensor  Megatron-style model parallelism: attention heads and MLP hidden units are split
+
+Rules are ordered pairs (logical name, mesh axes). For one parameter, each rule in turn claims
+the dimensions carrying its logical name, provided its mesh axes are still unused by that
+parameter and divide the dimension's size; a logical name with no rule is replicated. The order
+is therefore a priority list: under fsdp, "embed" (the model width, usually the largest dimension)
+is sharded when the parameter has it, otherwise the next name in the list.
+
+A dimension its mesh axes do not divide is replicated instead (and reported, see
+`jaxmodels.parallel.sharding`), except "heads": splitting attention heads unevenly over the
+tensor axis is a configuration mistake, reported before anything compiles.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+from jax.sharding import PartitionSpec as P
+
+from jaxmodels.errors import UserError
+
+MeshAxes = str | tuple[str, ...] | None
+
+MESH_AXES = ("data", "fsdp", "tensor")
+# The batch is split over every axis that does not split the model's width or heads.
+BATCH_AXES = ("data", "fsdp")
+
+_BATCH = (("batch", BATCH_AXES),)
+_FSDP = (("embed", "fsdp"), ("mlp", "fsdp"), ("conv_out", "fsdp"), ("vocab", "fsdp"),
+         ("classes", "fsdp"))
+_TENSOR = (("heads", "tensor"), ("kv", "tensor"), ("mlp", "tensor"))
+
+RULES: dict[str, tuple[tuple[str, MeshAxes], ...]] = {
+    # Parameters replicated; only batches are split.
+    "data": _BATCH,
+    # ZeRO-3: the largest named dimension of each parameter over "fsdp".
+    "fsdp": _BATCH + _FSDP,
+    # Megatron: q/k/v split by heads (column parallel), the output projection by heads (row
+    # parallel), the MLP's up by hidden units (column) and down by hidden units (row).
+    "tensor": _BATCH + _TENSOR,
+    # Both: tensor rules first (they fix the model-parallel layout), then fsdp on what is left
+    # ("mlp" is claimed by "tensor" first, so the fsdp fallback list skips it).
+    "fsdp_tensor": _BATCH + _TENSOR + _FSDP,
+}
+
+# Dimensions that must divide evenly: an uneven split is an error rather than a silent replica.
+MUST_DIVIDE = {"heads"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Fallback:
+    """A dimension the rules wanted sharded but its mesh axes do not divide: replicated."""
+
+    path: str
+    logical: str
+    size: int
+    mesh_axes: MeshAxes
+    mesh_size: int
+
+    def __str__(self):
+        return (f"{self.path}: {self.logical}={self.size} not divisible by {self.mesh_axes} "
+                f"({self.mesh_size} devices), replicated")
+
+
+def _axes_tuple(axes: MeshAxes) -> tuple[str, ...]:
+    if axes is None:
+        return ()
+    return (axes,) if isinstance(axes, str) else tuple(axes)
+
+
+def mesh_spec(logical: P | None, shape: tuple[int, ...], preset: str, mesh_shape: dict[str, int],
+              path: str = "") -> tuple[P, list[Fallback]]:
+    """The mesh PartitionSpec of one array named by `logical` (one name or None per dimension),
+    and the dimensions that fell back to replication."""
+    names = tuple(logical) if logical is not None else (None,) * len(shape)
+    if len(names) < len(shape):
+        names = names + (None,) * (len(shape) - len(names))
+    out: list[MeshAxes] = [None] * len(shape)
+    used: set[str] = set()
+    fallbacks: list[Fallback] = []
+    for name, axes in RULES[preset]:
+        wanted = tuple(a for a in _axes_tuple(axes) if mesh_shape.get(a, 1) > 1)
+        if not wanted:
+            continue  # every mesh axis of this rule has size 1: nothing to split
+        for dim, dim_name in enumerate(names):
+            if dim_name != name or out[dim] is not None:
+                continue
+            if used & set(wanted):
+                break  # a mesh axis may split only one dimension of an array
+            n = math.prod(mesh_shape[a] for a in wanted)
+            if shape[dim] % n:
+                if name in MUST_DIVIDE:
+                    raise UserError(
+                        f"{path or 'a parameter'} has {name}={shape[dim]}, not divisible by mesh "
+                        f"axes {wanted} of {n} devices: set parallel.tensor to a divisor of "
+                        f"{shape[dim]} (e.g. parallel.tensor={math.gcd(shape[dim], n)})")
+                fallbacks.append(Fallback(path, name, shape[dim], axes, n))
+                continue
+            out[dim] = wanted[0] if len(wanted) == 1 else wanted
+            used.update(wanted)
+            break
+    while out and out[-1] is None:
+        out.pop()  # P("x", None) == P("x") semantically; the short form reads better in reports
+    return P(*out), fallbacks
+
