@@ -298,3 +298,27 @@ def test_data_parallel_accumulation_moves_only_gradients():
     hlo = c.train_step.lower(state, batch).compile().as_text()
     ops = set(re.findall(r"(all-reduce|all-gather|all-to-all|collective-permute|reduce-scatter)", hlo))
     assert ops == {"all-reduce"}
+
+
+def test_activations_are_constrained_by_the_preset():
+    """Under tensor parallelism the traced step pins attention heads and MLP hidden units to the
+    tensor axis and the batch to data; under data parallelism no activation names "tensor"."""
+
+    def constraints(preset):
+        _, c = _compiled("transformer", PRESETS[preset])
+        state = jax.eval_shape(c.init_fn)
+        batch = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), _batches("tokens", 1)[0])
+        text = c.train_step.lower(state, batch).as_text()
+        return [line for line in text.splitlines() if "sharding_constraint" in line]
+
+    tensor = constraints("tensor")
+    assert any('[{"data"}, {}, {"tensor"}, {}]' in l for l in tensor), tensor[:5]  # q, attention out
+    assert any('[{"data"}, {}, {"tensor"}]' in l for l in tensor)  # MLP hidden units
+    assert any('[{"data"}, {}, {}]' in l for l in tensor)  # the residual stream: batch only
+    data = constraints("data")
+    # (MLIR types read "tensor<...>": look for the mesh axis, quoted.)
+    assert data and not any('{"tensor"}' in l for l in data)
+    # Outside the training loop the names are inert: a plain apply works without any mesh.
+    model = models.build(FAMILIES["transformer"][0])
+    variables = model.init(jax.random.key(0), jnp.zeros((2, 8), jnp.int32))
+    assert model.apply(variables, jnp.zeros((2, 8), jnp.int32)).shape == (2, 8, 32)

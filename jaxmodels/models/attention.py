@@ -18,7 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxmodels.models import positional
+from jaxmodels.models import layers, positional
 
 if TYPE_CHECKING:  # the config lives with the models; importing it here would be circular
     from jaxmodels.models.transformer import TransformerCore
@@ -82,8 +82,10 @@ class Attention(nn.Module):
         else:
             k_BxSxKxDh, v_BxSxKxDh = k_BxTxKxDh, v_BxTxKxDh
 
+        q_BxTxHxDh = layers.constrain(q_BxTxHxDh, ("act_batch", None, "act_heads", None))
         out_BxTxHxDh = jax.nn.dot_product_attention(
             q_BxTxHxDh, k_BxSxKxDh, v_BxSxKxDh, mask=mask, is_causal=causal)
+        out_BxTxHxDh = layers.constrain(out_BxTxHxDh, ("act_batch", None, "act_heads", None))
 
         init = nn.initializers.lecun_normal(in_axis=(0, 1), out_axis=2)
         w_HxDhxD = self.param("out", nn.with_logical_partitioning(init, ("heads", "head_dim", "embed")),

@@ -50,3 +50,14 @@ def max_pool(x_BxHxWxC, window: int = 2):
             part = x_BxHxWxC[:, i:h_out * window:window, j:w_out * window:window, :]
             out = part if out is None else jnp.maximum(out, part)
     return out
+
+
+def constrain(x, names: tuple[str | None, ...]):
+    """Names the axes of an activation ("act_batch", "act_heads", "act_mlp", or None).
+
+    The training loop traces steps under a rules table and an abstract mesh, which turn the
+    names into a sharding constraint that keeps activations split the way the preset intends
+    (by batch, and by heads or hidden units under tensor parallelism) instead of leaving the
+    layout to propagation. Outside such a context (a plain `model.apply`) it returns `x`.
+    """
+    return nn.with_logical_constraint(x, names)

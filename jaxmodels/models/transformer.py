@@ -186,6 +186,7 @@ class Mlp(nn.Module):
             h_BxTxF = nn.silu(gate_BxTxF) * up_BxTxF
         else:
             h_BxTxF = nn.gelu(up_BxTxF)
+        h_BxTxF = layers.constrain(h_BxTxF, ("act_batch", None, "act_mlp"))
         return jnp.einsum("btf,fd->btd", h_BxTxF, weight("down", (f, d), ("mlp", "embed")))
 
 
@@ -206,9 +207,9 @@ class Block(nn.Module):
         h_BxTxD, kv = attention.Attention(cfg, name="attn")(
             _norm(cfg, "attn_norm")(x_BxTxD), positions_BxT, mask=mask, causal=causal, kv=kv,
             index=index)
-        x_BxTxD = x_BxTxD + drop(h_BxTxD)
+        x_BxTxD = layers.constrain(x_BxTxD + drop(h_BxTxD), ("act_batch", None, None))
         h_BxTxD = Mlp(cfg, name="mlp")(_norm(cfg, "mlp_norm")(x_BxTxD))
-        return x_BxTxD + drop(h_BxTxD), kv
+        return layers.constrain(x_BxTxD + drop(h_BxTxD), ("act_batch", None, None)), kv
 
 
 class Stack(nn.Module):

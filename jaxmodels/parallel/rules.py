@@ -53,6 +53,25 @@ RULES: dict[str, tuple[tuple[str, MeshAxes], ...]] = {
     "fsdp_tensor": _BATCH + _TENSOR + _FSDP,
 }
 
+# Activations carry their own logical names ("act_*"), so a preset can split the batch of an
+# activation without splitting the model width the way it splits parameters under fsdp.
+ACTIVATION_RULES: dict[str, tuple[tuple[str, MeshAxes], ...]] = {
+    "data": (("act_batch", BATCH_AXES),),
+    "fsdp": (("act_batch", BATCH_AXES),),
+    "tensor": (("act_batch", BATCH_AXES), ("act_heads", "tensor"), ("act_mlp", "tensor")),
+    "fsdp_tensor": (("act_batch", BATCH_AXES), ("act_heads", "tensor"), ("act_mlp", "tensor")),
+}
+
+
+def activation_rules(preset: str, mesh_shape: dict[str, int]) -> tuple[tuple[str, MeshAxes], ...]:
+    """Flax-style (logical, mesh axes) rules for activations, without mesh axes of size 1."""
+    out = []
+    for name, axes in ACTIVATION_RULES[preset]:
+        kept = tuple(a for a in _axes_tuple(axes) if mesh_shape.get(a, 1) > 1)
+        out.append((name, kept if len(kept) > 1 else (kept[0] if kept else None)))
+    return tuple(out)
+
+
 # Dimensions that must divide evenly: an uneven split is an error rather than a silent replica.
 MUST_DIVIDE = {"heads"}
 

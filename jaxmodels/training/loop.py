@@ -15,6 +15,7 @@ Files written to WORKDIR:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import io
 import json
 import math
@@ -24,6 +25,7 @@ import sys
 import time
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -35,6 +37,7 @@ from jaxmodels.config import Config
 from jaxmodels.errors import UserError
 from jaxmodels.parallel import distributed
 from jaxmodels.parallel import mesh as mesh_lib
+from jaxmodels.parallel import rules as rules_lib
 from jaxmodels.parallel import sharding as sharding_lib
 from jaxmodels.training import checkpoint, optim, plots, tasks
 from jaxmodels.training import step as step_lib
@@ -99,6 +102,19 @@ class Compiled:
     report: sharding_lib.Report
 
 
+def _under_activation_rules(fn, mesh, preset: str):
+    """`fn` traced with the preset's activation rules and the mesh's abstract shape in context,
+    so the models' `layers.constrain` calls become sharding constraints (see rules.py)."""
+    rules = rules_lib.activation_rules(preset, dict(mesh.shape))
+
+    @functools.wraps(fn)
+    def traced(*args):
+        with jax.sharding.use_abstract_mesh(mesh.abstract_mesh), nn.logical_axis_rules(rules):
+            return fn(*args)
+
+    return traced
+
+
 def compile_steps(model, tx, schedule, example, parallel: config_lib.ParallelConfig, mesh, *,
                   seed: int = 0, microbatches: int = 1) -> Compiled:
     """Shardings from the rules table and the jitted init/train/eval over `mesh` (importable, so
@@ -114,12 +130,14 @@ def compile_steps(model, tx, schedule, example, parallel: config_lib.ParallelCon
     # The state is created inside jit with its output sharding, so it is born where it lives.
     init_fn = jax.jit(init, out_shardings=state_sharding)
     train_step = jax.jit(
-        step_lib.make_train_step(model, tx, schedule, microbatches=microbatches),
+        _under_activation_rules(
+            step_lib.make_train_step(model, tx, schedule, microbatches=microbatches), mesh,
+            parallel.preset),
         in_shardings=(state_sharding, batch_sharding),
         out_shardings=(state_sharding, replicated),
         donate_argnums=0,
     )
-    eval_step = jax.jit(step_lib.make_eval_step(model),
+    eval_step = jax.jit(_under_activation_rules(step_lib.make_eval_step(model), mesh, parallel.preset),
                         in_shardings=(state_sharding, batch_sharding),
                         out_shardings=replicated)
     return Compiled(state_sharding, batch_sharding, init_fn, train_step, eval_step, report)
