@@ -371,7 +371,8 @@ def fit_table(table: dict[str, np.ndarray], n_bootstrap: int = 100, seed: int = 
                 break
         else:
             result[key], result[f"{key}_ci"] = None, None
-    return result
+    headline = ("E", "E_ci", "A", "A_ci", "alpha", "alpha_ci", "B", "B_ci", "beta", "beta_ci")
+    return {k: result[k] for k in headline} | {k: v for k, v in result.items() if k not in headline}
 
 
 def format_table(result: dict) -> str:

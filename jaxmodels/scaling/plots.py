@@ -8,7 +8,7 @@ a colour bar for the variable not on the axes, and fitted curves are labelled wi
 import pathlib
 
 import numpy as np
-from matplotlib import cm, colors
+from matplotlib import cm, colors, ticker
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
@@ -28,6 +28,13 @@ def _finish(fig: Figure, axes, path: pathlib.Path) -> pathlib.Path:
     fig.tight_layout()
     fig.savefig(path)
     return path
+
+
+def _plain_log_y(ax):
+    """Log y axis labelled 2, 2.5, 3 rather than 2x10^0: losses rarely span a decade."""
+    ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.yaxis.set_minor_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
 
 
 def _joint_loss(fit: dict, N, D):
@@ -52,7 +59,7 @@ def loss_vs_params(table: dict, result: dict, path) -> pathlib.Path:
         ax.plot(n_grid, single["E"] + single["A"] / n_grid ** single["alpha"], "k--", lw=1.2,
                 label=f"L(N) = {single['E']:.3g} + {single['A']:.3g}/N^{single['alpha']:.3f}")
     ax.set_xscale("log")
-    ax.set_yscale("log")
+    _plain_log_y(ax)
     ax.set(xlabel="parameters N", ylabel="loss", title="loss against model size")
     return _finish(fig, [ax], path)
 
@@ -75,7 +82,7 @@ def loss_vs_compute(table: dict, result: dict, path) -> pathlib.Path:
         ax.plot([b["C"] for b in iso["budgets"]], [b["loss_opt"] for b in iso["budgets"]], "r*",
                 ms=12, zorder=4, label="IsoFLOP minima")
     ax.set_xscale("log")
-    ax.set_yscale("log")
+    _plain_log_y(ax)
     ax.set(xlabel="compute C (FLOPs)", ylabel="loss", title="loss against compute")
     return _finish(fig, [ax], path)
 
