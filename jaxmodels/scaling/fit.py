@@ -21,6 +21,9 @@ the geometric mean X_i_ref of the data: then a_i is the log of the term's size a
 run (a few tenths of a nat, not ~log 400) and is nearly uncorrelated with alpha_i. Converting
 back, A = exp(a + alpha log N_ref), is done in float64 numpy. Nothing here sets jax.config:
 with x64 enabled by the caller the same code runs in float64.
+
+Array names carry their shapes: R rows (runs), K power-law terms, S starts, P = 1 + 2K
+parameters per start.
 """
 
 import argparse
@@ -144,8 +147,8 @@ def _solve(theta0_SxP, x_KxR, logl_R, steps: int = LBFGS_STEPS):
     """L-BFGS from each of S starts at once; returns (theta S x P, objective S)."""
     objective = functools.partial(_objective, x_KxR=x_KxR, logl_R=logl_R)
     # Backtracking (Armijo) rather than optax's default zoom line search: under vmap, the zoom
-    # search's while loop never ended on some bootstrap resamples (optax 0.2.8), whereas this
-    # one is bounded by its step count.
+    # search's while loop ran for minutes without ending on some bootstrap resamples (optax
+    # 0.2.8), whereas this one stops after max_backtracking_steps.
     opt = optax.lbfgs(linesearch=optax.scale_by_backtracking_linesearch(
         max_backtracking_steps=30, store_grad=True))
     value_and_grad = optax.value_and_grad_from_state(objective)
@@ -176,7 +179,7 @@ def _starts(loss: np.ndarray, k: int) -> np.ndarray:
     return np.array(list(grid))
 
 
-def _fit_power_law(sizes_KxR: np.ndarray, loss_R: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+def _fit_power_law(sizes_KxR: np.ndarray, loss_R: np.ndarray) -> tuple[float, np.ndarray, np.ndarray, float]:
     """(E, coefficients K, exponents K, objective) of L = E + sum_i C_i / X_i^p_i."""
     log_x = np.log(sizes_KxR)
     log_ref_K = log_x.mean(axis=1)
