@@ -4,6 +4,7 @@
                   [--coordinator HOST:PORT --num-processes N --process-id I]
   jaxmodels eval CONFIG [KEY=VALUE ...] --workdir DIR [--split test|validation]
   jaxmodels plan CONFIG [KEY=VALUE ...] [--device-memory 16GiB] [--no-compile]
+  jaxmodels fit TABLE [--out FIT.json] [--plots DIR] [--bootstrap N]
   jaxmodels sample --workdir DIR --prompt TEXT [--max-new-tokens N --temperature T --top-k K
                    --top-p P --seed S]
 
@@ -55,6 +56,9 @@ def _parser() -> argparse.ArgumentParser:
                       help="budget per device (e.g. 16GiB); exceeding it exits with status 2")
     plan.add_argument("--no-compile", action="store_true",
                       help="skip XLA's memory analysis of the compiled step (analytic only)")
+    sub.add_parser("fit", add_help=False,
+                   help="fit scaling laws to a CSV/JSONL table of params, tokens, loss "
+                        "(jaxmodels fit --help)")
     sample = sub.add_parser("sample", help="generate text from a trained language model")
     sample.add_argument("--workdir", required=True, help="the workdir of a language-model run")
     sample.add_argument("--prompt", required=True)
@@ -83,6 +87,12 @@ def _resolve(args) -> config_lib.Config:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["fit"]:
+        # `fit` reads a results table, not a config: it has its own parser (scaling/fit.py).
+        from jaxmodels.scaling import fit
+
+        return fit.main(argv[1:])
     parser = _parser()
     # Overrides may also follow flags (`CONFIG --tiny train.steps=5`), which argparse alone
     # leaves over as unknown arguments.

@@ -211,3 +211,12 @@ def test_main_reports_a_bad_table_in_one_line(tmp_path, capsys):
     assert fit.main([str(table)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "has no column loss" in err, err
+
+
+def test_jaxmodels_cli_dispatches_fit(tmp_path, capsys):
+    from jaxmodels import cli
+
+    table = tmp_path / "runs.csv"
+    table.write_text("params,tokens\n1e8,2e9\n")
+    assert cli.main(["fit", str(table)]) == 2  # the same parser and errors as the module
+    assert "has no column loss" in capsys.readouterr().err
