@@ -15,6 +15,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from jaxmodels.data.pipeline import restored_position
 from jaxmodels.data.text import TextCorpus, load_text_corpus
 from jaxmodels.data.tokenizers import Tokenizer, train_tokenizer
 
@@ -118,22 +119,9 @@ class LMBatches:
         given, must match this stream, because a position means nothing over another split or
         window shape.
         """
-        try:
-            position, seed = state["position"], state["seed"]
-        except (KeyError, TypeError) as e:
-            raise ValueError(
-                f"an LMBatches state needs 'position' and 'seed', got {state!r}") from e
-        if int(seed) != self._seed:
-            raise ValueError(
-                f"state was saved with seed {seed}, but this stream has seed {self._seed}")
-        for key, mine in (("batch_size", self._batch_size), ("seq_len", self._seq_len),
-                          ("num_tokens", self.num_tokens)):
-            if key in state and int(state[key]) != mine:
-                raise ValueError(
-                    f"state was saved with {key}={state[key]}, but this stream has {mine}")
-        if not isinstance(position, (int, np.integer)) or position < 0:
-            raise ValueError(f"position must be a non-negative integer, got {position!r}")
-        self._position = int(position)
+        self._position = restored_position(state, "LMBatches", seed=self._seed,
+                                           batch_size=self._batch_size, seq_len=self._seq_len,
+                                           num_tokens=self.num_tokens)
 
 
 def lm_eval_batches(ids: np.ndarray, *, batch_size: int, seq_len: int,

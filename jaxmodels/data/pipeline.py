@@ -146,21 +146,26 @@ class TrainBatches:
         "position" and "seed" are required; "batch_size" and "num_examples", when given, must
         match this stream, because a position means nothing over another split or batch size.
         """
-        try:
-            position, seed = state["position"], state["seed"]
-        except (KeyError, TypeError) as e:
-            raise ValueError(
-                f"a TrainBatches state needs 'position' and 'seed', got {state!r}") from e
-        if int(seed) != self._seed:
-            raise ValueError(
-                f"state was saved with seed {seed}, but this stream has seed {self._seed}")
-        for key, mine in (("batch_size", self._batch_size), ("num_examples", self.num_examples)):
-            if key in state and int(state[key]) != mine:
-                raise ValueError(
-                    f"state was saved with {key}={state[key]}, but this stream has {mine}")
-        if not isinstance(position, (int, np.integer)) or position < 0:
-            raise ValueError(f"position must be a non-negative integer, got {position!r}")
-        self._position = int(position)
+        self._position = restored_position(state, "TrainBatches", seed=self._seed,
+                                           batch_size=self._batch_size,
+                                           num_examples=self.num_examples)
+
+
+def restored_position(state: dict, kind: str, *, seed: int, **shape: int) -> int:
+    """The position in a saved stream state, after checking it belongs to this stream: the same
+    seed, and the same value for each `shape` key the state records (batch size, split size...)."""
+    try:
+        position, saved_seed = state["position"], state["seed"]
+    except (KeyError, TypeError) as e:
+        raise ValueError(f"a {kind} state needs 'position' and 'seed', got {state!r}") from e
+    if int(saved_seed) != seed:
+        raise ValueError(f"state was saved with seed {saved_seed}, but this stream has seed {seed}")
+    for key, mine in shape.items():
+        if key in state and int(state[key]) != mine:
+            raise ValueError(f"state was saved with {key}={state[key]}, but this stream has {mine}")
+    if not isinstance(position, (int, np.integer)) or position < 0:
+        raise ValueError(f"position must be a non-negative integer, got {position!r}")
+    return int(position)
 
 
 def eval_batches(images: np.ndarray, labels: np.ndarray, *, batch_size: int, mean: float,
