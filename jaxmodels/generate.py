@@ -13,11 +13,18 @@ Shapes: B batch, S buffer length (max_len), V vocabulary.
 
 from __future__ import annotations
 
+import json
+import pathlib
 from collections.abc import Callable
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from jaxmodels import config as config_lib
+from jaxmodels import models
+from jaxmodels.errors import UserError
+from jaxmodels.training import checkpoint, tasks
 
 
 def filter_logits(logits_BxV: jax.Array, top_k: jax.Array, top_p: jax.Array) -> jax.Array:
@@ -117,14 +124,6 @@ def _bucket(n: int) -> int:
 def generate_text(workdir, prompt: str, *, max_new_tokens: int = 200, temperature: float = 1.0,
                   top_k: int = 0, top_p: float = 1.0, seed: int = 0) -> str:
     """Prompt plus continuation from the language model trained in `workdir`."""
-    import json
-    import pathlib
-
-    from jaxmodels import config as config_lib
-    from jaxmodels import models
-    from jaxmodels.errors import UserError
-    from jaxmodels.training import checkpoint, tasks
-
     workdir = pathlib.Path(workdir)
     if max_new_tokens < 1:
         raise UserError(f"--max-new-tokens must be at least 1, got {max_new_tokens}")

@@ -139,7 +139,7 @@ def test_importing_jaxmodels_has_no_side_effects():
         "import os, jax\n"
         "env = dict(os.environ)\n"
         "flags = {k: getattr(jax.config, k) for k in ('jax_enable_x64', 'jax_default_matmul_precision', 'jax_platforms', 'jax_numpy_rank_promotion')}\n"
-        "import jaxmodels, jaxmodels.cli, jaxmodels.training.loop, jaxmodels.data\n"
+        "import jaxmodels, jaxmodels.cli, jaxmodels.training.loop, jaxmodels.data, jaxmodels.generate, jaxmodels.scaling.fit\n"
         "assert dict(os.environ) == env\n"
         "assert flags == {k: getattr(jax.config, k) for k in flags}\n"
         "from jax._src import xla_bridge\n"

@@ -77,9 +77,8 @@ def put_batch(batch: dict, sharding: NamedSharding) -> dict:
     process contributing only its own rows."""
     if jax.process_count() == 1:
         return jax.device_put(batch, sharding)
-    out = {}
-    for key, value in batch.items():
-        value = np.asarray(value)
-        rows = process_rows(sharding, value.shape[0])
-        out[key] = jax.make_array_from_process_local_data(sharding, value[rows], value.shape)
-    return out
+    # Every array of a batch shares its leading (batch) dimension: one row range serves them all.
+    rows = process_rows(sharding, len(next(iter(batch.values()))))
+    return {key: jax.make_array_from_process_local_data(sharding, np.asarray(value)[rows],
+                                                        np.shape(value))
+            for key, value in batch.items()}
