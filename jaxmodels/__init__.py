@@ -9,16 +9,17 @@ Importing this package changes no global JAX setting and touches no file or netw
 
 from jaxmodels.config import Config, DataConfig, OptimizerConfig, TrainConfig, apply_overrides
 from jaxmodels.config import load as load_config
-from jaxmodels.errors import ConfigError, DataError, UserError
+from jaxmodels.errors import ConfigError, DataError, RunStopped, UserError
 
 __version__ = "0.1.0"
 
 
-def train(config: Config, workdir) -> dict:
-    """Trains `config`, writing results into `workdir`; returns the summary (see training/loop.py)."""
+def train(config: Config, workdir, *, restart: bool = False) -> dict:
+    """Trains `config`, writing results into `workdir` and resuming from its newest checkpoint
+    unless `restart`; returns the summary (see training/loop.py)."""
     from jaxmodels.training import loop
 
-    return loop.train(config, workdir)
+    return loop.train(config, workdir, restart=restart)
 
 
 def evaluate(config: Config, workdir, split: str | None = None) -> dict:
@@ -29,4 +30,5 @@ def evaluate(config: Config, workdir, split: str | None = None) -> dict:
 
 
 __all__ = ["Config", "DataConfig", "OptimizerConfig", "TrainConfig", "apply_overrides",
-           "load_config", "train", "evaluate", "ConfigError", "DataError", "UserError"]
+           "load_config", "train", "evaluate", "ConfigError", "DataError", "RunStopped",
+           "UserError"]

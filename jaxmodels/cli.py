@@ -1,6 +1,6 @@
 """The `jaxmodels` command: parses arguments, then calls `jaxmodels.train` / `jaxmodels.evaluate`.
 
-  jaxmodels train [CONFIG] [KEY=VALUE ...] [--workdir DIR] [--tiny]
+  jaxmodels train [CONFIG] [KEY=VALUE ...] [--workdir DIR] [--tiny] [--restart]
                   [--coordinator HOST:PORT --num-processes N --process-id I]
   jaxmodels eval CONFIG [KEY=VALUE ...] --workdir DIR [--split test|validation]
   jaxmodels plan CONFIG [KEY=VALUE ...] [--device-memory 16GiB] [--no-compile]
@@ -9,16 +9,20 @@
                    --top-p P --seed S]
 
 Without CONFIG, `train` runs the embedded default: the classic CNN on MNIST for 10 epochs.
-Problems with the input print one line and exit with status 2 (`--debug` shows the traceback).
+`train` into a workdir that holds checkpoints resumes from the newest (`--restart` starts over).
+Problems with the input print one line and exit with status 2 (`--debug` shows the traceback);
+a run stopped by SIGTERM/SIGINT saves a checkpoint and exits with 128 + the signal number, and
+one stopped by a non-finite loss exits with 3.
 """
 
 import argparse
 import json
+import logging
 import pathlib
 import sys
 
 from jaxmodels import config as config_lib
-from jaxmodels.errors import UserError
+from jaxmodels.errors import RunStopped, UserError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -38,6 +42,8 @@ def _parser() -> argparse.ArgumentParser:
     common(train, config_required=False)
     train.add_argument("--workdir", default=None,
                        help="output folder (default: runs/<config name>)")
+    train.add_argument("--restart", action="store_true",
+                       help="delete the workdir's checkpoints and start over instead of resuming")
     # Multi-host: the same command on every host, each with its own --process-id (or the
     # JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID environment variables).
     train.add_argument("--coordinator", default=None, metavar="HOST:PORT",
@@ -100,6 +106,10 @@ def main(argv: list[str] | None = None) -> int:
     stray = [r for r in rest if r.startswith("-") or "=" not in r or args.command == "sample"]
     if stray:
         parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    if not args.debug:
+        # orbax logs a background save's failure with its traceback through absl before the
+        # loop turns it into a one-line error; keep tracebacks for --debug.
+        logging.getLogger("absl").setLevel(logging.CRITICAL)
     try:
         if args.command == "sample":
             from jaxmodels.generate import generate_text
@@ -129,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
             if multi is not None:
                 distributed.initialize(*multi)
             workdir = args.workdir or str(pathlib.Path("runs") / config.name)
-            summary = loop.train(config, workdir)
+            summary = loop.train(config, workdir, restart=args.restart)
             if not distributed.is_main():
                 return 0
             print(json.dumps({k: summary[k] for k in ("step", "eval_split", "eval_loss", "eval_accuracy", "wall_time_s", "examples_per_sec")}))
@@ -141,6 +151,11 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"jaxmodels: error: {e}", file=sys.stderr)
         return 2
+    except RunStopped as e:
+        if args.debug:
+            raise
+        print(f"jaxmodels: {e}", file=sys.stderr)
+        return e.exit_code
     except KeyboardInterrupt:
         print("jaxmodels: interrupted", file=sys.stderr)
         return 130

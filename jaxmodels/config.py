@@ -120,6 +120,14 @@ class TrainConfig:
     # Validation every this many steps; None: at the end of every epoch.
     eval_every: int | None = None
     progress: bool = True
+    # A non-finite loss or gradient norm: "stop" ends the run with the last good checkpoint kept;
+    # "skip" drops that update (the state stays as it was; the data moves on) and counts it.
+    nonfinite: Literal["stop", "skip"] = "stop"
+    # Spike guard (off when None): skip an update whose loss exceeds the running mean of recent
+    # accepted losses by this many standard deviations; the running statistics are exponential
+    # averages over about `spike_window` steps and the guard acts once that many were accepted.
+    spike_sigma: float | None = None
+    spike_window: int = 100
 
     def problems(self):
         out = []
@@ -134,6 +142,36 @@ class TrainConfig:
                 out.append((n, f"must be positive, got {getattr(self, n)}"))
         if self.eval_every is not None and self.eval_every <= 0:
             out.append(("eval_every", f"must be positive or none, got {self.eval_every}"))
+        if self.spike_sigma is not None and not self.spike_sigma > 0:
+            out.append(("spike_sigma", f"must be positive or none, got {self.spike_sigma}"))
+        if self.spike_window < 2:
+            out.append(("spike_window", f"must be at least 2, got {self.spike_window}"))
+        return out
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointConfig:
+    """Periodic saves of the whole run (train state, data position, loop counters, config) under
+    WORKDIR/checkpoints; a run launched into a workdir that holds one continues from it."""
+
+    # Save every this many steps (None: only at the end and when stopped by a signal).
+    every_steps: int | None = 1000
+    # Retention: the newest `keep`, plus every step that is a multiple of `keep_every`, plus the
+    # best by `keep_best` (among steps where validation ran). Everything else is deleted.
+    keep: int = 3
+    keep_every: int | None = None
+    keep_best: Literal["val_loss", "val_accuracy"] | None = None
+    # Write in a background thread while training continues (the arrays are copied first).
+    async_save: bool = True
+
+    def problems(self):
+        out = []
+        if self.every_steps is not None and self.every_steps <= 0:
+            out.append(("every_steps", f"must be positive or none, got {self.every_steps}"))
+        if self.keep < 1:
+            out.append(("keep", f"must be at least 1 (the newest checkpoint), got {self.keep}"))
+        if self.keep_every is not None and self.keep_every <= 0:
+            out.append(("keep_every", f"must be positive or none, got {self.keep_every}"))
         return out
 
 
@@ -188,11 +226,12 @@ class Config:
     optimizer: OptimizerConfig = OptimizerConfig(schedule="warmup_cosine", warmup_steps=500)
     train: TrainConfig = TrainConfig()
     parallel: ParallelConfig = ParallelConfig()
+    checkpoint: CheckpointConfig = CheckpointConfig()
     # Shown in logs and summaries; experiment files set it to their file name.
     name: str = "default"
 
     def __post_init__(self):
-        for section in ("model", "data", "optimizer", "train", "parallel"):
+        for section in ("model", "data", "optimizer", "train", "parallel", "checkpoint"):
             for key, message in getattr(self, section).problems():
                 sep = "" if message.startswith("=") else " "
                 raise ConfigError(f"{section}.{key}{sep}{message}")
@@ -333,7 +372,12 @@ def load(path: str | pathlib.Path, *, tiny: bool = False) -> Config:
     get_config = getattr(module, "get_config", None)
     if not callable(get_config):
         raise ConfigError(f"config file {str(path)!r} has no get_config(tiny=False) function returning a jaxmodels Config")
-    config = get_config(tiny=tiny)
+    try:
+        config = get_config(tiny=tiny)
+    except ConfigError:
+        raise
+    except Exception as e:  # noqa: BLE001 - as above: a bug in the experiment file, one line
+        raise ConfigError(f"get_config() in {str(path)!r} failed to run: {type(e).__name__}: {e}") from None
     if not isinstance(config, Config):
         raise ConfigError(f"get_config() in {str(path)!r} returned {type(config).__name__}, expected jaxmodels.config.Config")
     return config
@@ -370,6 +414,7 @@ def from_dict(d: dict) -> Config:
         optimizer=build(OptimizerConfig, d.pop("optimizer", {})),
         train=build(TrainConfig, d.pop("train", {})),
         parallel=build(ParallelConfig, d.pop("parallel", {})),
+        checkpoint=build(CheckpointConfig, d.pop("checkpoint", {})),
         **d,
     )
 

@@ -16,3 +16,12 @@ class ConfigError(UserError):
 
 class DataError(UserError):
     """A dataset is missing, corrupt or cannot be fetched."""
+
+
+class RunStopped(Exception):
+    """The run stopped before its end on purpose (a signal, a non-finite loss) with its progress
+    saved; the CLI prints the message as one line and exits with `exit_code`."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code

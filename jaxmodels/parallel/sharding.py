@@ -107,7 +107,8 @@ def state_shardings(state_shapes, boxed_params, mesh: Mesh, preset: str, *,
     opt_shardings = jax.tree_util.tree_map_with_path(opt_leaf, state_shapes.opt_state)
     shardings = state_shapes.replace(
         step=replicated, params=param_shardings, opt_state=opt_shardings,
-        model_state=jax.tree.map(lambda _: replicated, state_shapes.model_state), rng=replicated)
+        model_state=jax.tree.map(lambda _: replicated, state_shapes.model_state), rng=replicated,
+        loss_stats=replicated)
 
     params_total, params_dev = _per_device_bytes(state_shapes.params, param_shardings)
     opt_total, opt_dev = _per_device_bytes(state_shapes.opt_state, opt_shardings)

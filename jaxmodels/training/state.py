@@ -16,7 +16,9 @@ class TrainState:
     `model_state` holds the mutable collections other than params (BatchNorm's "batch_stats");
     it is an empty dict for models without any. `rng` is raw uint32 key data rather than a typed
     key so that the state stays plain arrays for checkpointing and sharding; steps derive their
-    randomness as fold_in(rng, step) and never advance it.
+    randomness as fold_in(rng, step) and never advance it. `loss_stats` is [count, mean, variance]
+    of recently accepted losses, for the spike guard (kept in the state so a resumed run guards
+    exactly as the uninterrupted one would).
     """
 
     step: jax.Array
@@ -24,6 +26,7 @@ class TrainState:
     opt_state: optax.OptState
     model_state: dict[str, Any]
     rng: jax.Array
+    loss_stats: jax.Array
 
 
 def init_state(model: nn.Module, tx: optax.GradientTransformation, example_input: jax.Array,
@@ -43,6 +46,7 @@ def init_state(model: nn.Module, tx: optax.GradientTransformation, example_input
         opt_state=tx.init(params),
         model_state=dict(variables),
         rng=jax.random.key_data(train_key),
+        loss_stats=jnp.zeros((3,), jnp.float32),
     )
 
 

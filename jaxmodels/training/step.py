@@ -31,12 +31,38 @@ def classification_sums(logits: jax.Array, targets: jax.Array, mask: jax.Array):
     return jnp.sum(losses * mask), jnp.sum(correct * mask)
 
 
+def update_loss_stats(stats: jax.Array, loss: jax.Array, window: int) -> jax.Array:
+    """[count, mean, variance] after accepting `loss`: exact running moments for the first
+    `window` losses, then exponential averages with weight 1/window (about that many recent)."""
+    count, mean, var = stats[0], stats[1], stats[2]
+    count = count + 1.0
+    w = jnp.maximum(1.0 / count, 1.0 / window)
+    delta = loss - mean
+    mean = mean + w * delta
+    var = (1.0 - w) * (var + w * delta * delta)
+    return jnp.stack([count, mean, var])
+
+
+def is_spike(stats: jax.Array, loss: jax.Array, sigma: float, window: int) -> jax.Array:
+    """True when `loss` exceeds the running mean by more than `sigma` standard deviations, once
+    `window` losses were accepted (before that the statistics are too young to judge)."""
+    count, mean, var = stats[0], stats[1], stats[2]
+    return (count >= window) & (loss > mean + sigma * jnp.sqrt(var))
+
+
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
                     schedule: Callable[[jax.Array], jax.Array], *, microbatches: int = 1,
-                    axis_name: str | None = None
+                    axis_name: str | None = None, nonfinite: str = "stop",
+                    spike_sigma: float | None = None, spike_window: int = 100,
                     ) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
     """Returns the pure train step. With `microbatches=k` each batch is split into k slices whose
     gradients are summed by a scan (memory of one slice, result of the whole batch).
+
+    `nonfinite="skip"` (or a `spike_sigma`) makes the step guarded: when the loss or gradient norm
+    is not finite (under "skip"), or the loss is a spike (see `is_spike`), params, optimizer state
+    and model collections come out unchanged and metrics["skipped"] is 1; the step counter still
+    advances, so the schedule and the data move on. Under "stop" without a spike guard the update
+    is applied whatever it is and the caller stops on the non-finite metric.
 
     `axis_name` is for running the step per shard, under `jax.shard_map` over a mesh axis or a
     user's `jax.pmap(step, axis_name=...)`: each shard sees its slice of the batch, and the target
@@ -47,6 +73,10 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
     statistics) are averaged over shards, each shard normalising with its own batch statistics.
     Under plain `jax.jit` leave it None: GSPMD inserts the same reductions from the shardings.
     """
+
+    if nonfinite not in ("stop", "skip"):
+        raise ValueError(f"nonfinite must be 'stop' or 'skip', got {nonfinite!r}")
+    guarded = nonfinite == "skip" or spike_sigma is not None
 
     def psum(x):
         return x if axis_name is None else jax.lax.psum(x, axis_name)
@@ -100,16 +130,33 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
             model_state = jax.lax.pmean(model_state, axis_name)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
+        loss = loss_sum / total_count
+        grad_norm = optax.tree.norm(grads)
+        accept = jnp.asarray(True)
+        if nonfinite == "skip":
+            accept = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        if spike_sigma is not None:
+            accept = accept & ~is_spike(state.loss_stats, loss, spike_sigma, spike_window)
+        loss_stats = state.loss_stats
+        if guarded:
+            keep = lambda new, old: jax.tree.map(  # noqa: E731
+                lambda a, b: jnp.where(accept, a, b), new, old)
+            params, opt_state, model_state = keep(
+                (params, opt_state, model_state),
+                (state.params, state.opt_state, state.model_state))
+            loss_stats = jnp.where(accept, update_loss_stats(loss_stats, loss, spike_window),
+                                   loss_stats)
         metrics = {
-            "loss": loss_sum / total_count,
+            "loss": loss,
             "accuracy": correct / total_count,
-            "grad_norm": optax.tree.norm(grads),
+            "grad_norm": grad_norm,
             "param_norm": optax.tree.norm(params),
             "update_norm": optax.tree.norm(updates),
             "learning_rate": jnp.asarray(schedule(state.step), jnp.float32),
+            "skipped": 1.0 - accept.astype(jnp.float32),
         }
         new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
-                                  model_state=model_state)
+                                  model_state=model_state, loss_stats=loss_stats)
         return new_state, metrics
 
     return train_step

@@ -1,0 +1,64 @@
+"""Which config changes a resumed run may carry.
+
+A checkpoint continues a run only if the run is still the same computation up to the step it was
+saved at: the same model, data stream and optimizer state layout. Changes that only affect what
+happens next (more steps, another learning rate, evaluation and logging cadence, the mesh the
+state is placed on, retention) are allowed and logged; anything else is refused with a message
+naming the key.
+"""
+
+from __future__ import annotations
+
+from jaxmodels.errors import UserError
+
+# Dotted keys (or section prefixes ending in ".") that a resume may change.
+SAFE = (
+    "name",
+    "train.steps", "train.epochs", "train.log_every", "train.eval_every", "train.progress",
+    "train.microbatches",  # the same gradient, computed in more or fewer slices
+    "train.nonfinite", "train.spike_sigma", "train.spike_window",
+    "data.eval_batch_size", "data.eval_windows", "data.eval_split", "data.download", "data.mirror",
+    # Schedule and step-size hyper-parameters change what comes next, not the state's layout.
+    "optimizer.learning_rate", "optimizer.schedule", "optimizer.warmup_steps",
+    "optimizer.final_lr_fraction", "optimizer.b1", "optimizer.b2", "optimizer.eps",
+    "parallel.", "checkpoint.",
+)
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _safe(key: str) -> bool:
+    return any(key == s or (s.endswith(".") and key.startswith(s)) for s in SAFE)
+
+
+def config_changes(saved: dict, current: dict) -> tuple[list[str], list[str]]:
+    """(allowed, refused) changes between two `config.to_dict` outputs, as "key: old -> new"."""
+    a, b = _flatten(saved), _flatten(current)
+    allowed, refused = [], []
+    for key in sorted(set(a) | set(b)):
+        # Saved configs come back from JSON with lists where the config has tuples.
+        old, new = (list(x) if isinstance(x, tuple) else x
+                    for x in (a.get(key, "<absent>"), b.get(key, "<absent>")))
+        if old == new:
+            continue
+        (allowed if _safe(key) else refused).append(f"{key}: {old!r} -> {new!r}")
+    return allowed, refused
+
+
+def check_resume(saved: dict, current: dict, workdir, step: int) -> list[str]:
+    """The allowed changes (for the log); a UserError when any change breaks the run."""
+    allowed, refused = config_changes(saved, current)
+    if refused:
+        shown = "; ".join(refused[:3]) + (f" (and {len(refused) - 3} more)" if len(refused) > 3 else "")
+        raise UserError(f"the checkpoint at step {step} in {str(workdir)!r} was trained with another "
+                        f"config ({shown}), which it cannot continue: use the original values, "
+                        f"another --workdir, or --restart to start over")
+    return allowed

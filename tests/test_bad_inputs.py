@@ -1,0 +1,150 @@
+"""Bad input never costs work: each case is one line on stderr naming the problem and the fix,
+exit status 2, no traceback, and the files of an earlier finished run (checkpoints, metrics,
+summary, weights) are byte-for-byte unchanged."""
+
+import hashlib
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from jaxmodels import cli
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+MLP = str(ROOT / "experiments/configs/mlp_mnist.py")
+GPT = str(ROOT / "experiments/configs/gpt_shakespeare.py")
+BASE = ["data.dataset=digits", "train.steps=10", "checkpoint.every_steps=5", "train.eval_every=none"]
+
+
+def _snapshot(folder: pathlib.Path) -> dict:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("finished")
+    assert cli.main(["train", MLP, "--tiny", *BASE, "--workdir", str(workdir)]) == 0
+    assert (workdir / "summary.json").exists() and (workdir / "checkpoints" / "10").is_dir()
+    return workdir
+
+
+def _write(tmp_path, name, text):
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+CASES = {
+    # Config keys, types and values.
+    "unknown key": (["train", MLP, "--tiny", *BASE, "train.epoch=1"], "did you mean 'train.epochs'"),
+    "mistyped value": (["train", MLP, "--tiny", *BASE, "train.steps=ten"], "train.steps='ten': expected an integer"),
+    "negative learning rate": (["train", MLP, "--tiny", *BASE, "optimizer.learning_rate=-1e-3"],
+                               "optimizer.learning_rate must be positive"),
+    "zero batch": (["train", MLP, "--tiny", *BASE, "data.batch_size=0"], "data.batch_size must be positive"),
+    "bad choice": (["train", MLP, "--tiny", *BASE, "train.nonfinite=maybe"], "is not one of stop, skip"),
+    "dropout out of range": (["train", MLP, "--tiny", *BASE, "model.dropout=1.5"], "model.dropout must be in [0, 1)"),
+    "eval split": (["train", MLP, "--tiny", *BASE, "data.eval_split=train"], "is not one of validation, test"),
+    "checkpoint every 0": (["train", MLP, "--tiny", *BASE, "checkpoint.every_steps=0"],
+                           "checkpoint.every_steps must be positive"),
+    "keep 0": (["train", MLP, "--tiny", *BASE, "checkpoint.keep=0"], "checkpoint.keep must be at least 1"),
+    "keep_best metric": (["train", MLP, "--tiny", *BASE, "checkpoint.keep_best=loss"], "is not one of val_loss"),
+    "negative spike sigma": (["train", MLP, "--tiny", *BASE, "train.spike_sigma=-2"], "train.spike_sigma must be positive"),
+    "nesterov without momentum": (["train", MLP, "--tiny", *BASE, "optimizer.name=sgd", "optimizer.nesterov=true"],
+                                  "needs optimizer.momentum > 0"),
+    "microbatches": (["train", MLP, "--tiny", *BASE, "train.microbatches=3"], "not divisible by train.microbatches=3"),
+    "warmup too long": (["train", MLP, "--tiny", *BASE, "optimizer.schedule=warmup_cosine",
+                         "optimizer.warmup_steps=100"], "optimizer.warmup_steps=100 is not below the 10"),
+    "mesh": (["train", MLP, "--tiny", *BASE, "parallel.data=3"], "parallel"),
+    "context too long": (["train", GPT, "--tiny", "model.max_len=16", "data.seq_len=32"],
+                         "data.seq_len=32 is longer than the model supports (model.max_len=16)"),
+    "tiny without config": (["train", "--tiny"], "--tiny needs a CONFIG"),
+    # Files and data.
+    "missing config file": (["train", "no/such/config.py"], "not found"),
+    "missing dataset": (["train", MLP, "--tiny", "data.dataset=text", "data.data_dir=/no/such/corpus"],
+                        "/no/such/corpus"),
+    # Resuming the finished run with a config it cannot continue.
+    "changed model shape": (["train", MLP, "--tiny", *BASE, "model.hidden=(16,)"],
+                            "trained with another config (model.hidden: [32] -> [16])"),
+    "changed batch size": (["train", MLP, "--tiny", *BASE, "data.batch_size=32"],
+                           "data.batch_size: 64 -> 32"),
+    "changed seed": (["train", MLP, "--tiny", *BASE, "train.seed=1"], "train.seed: 0 -> 1"),
+    "fewer steps than done": (["train", MLP, "--tiny", *BASE[:1], "train.steps=5", *BASE[2:]],
+                              "is at step 10, past this config's 5 steps"),
+    "eval without weights": (["eval", MLP, "--tiny", "data.dataset=digits", "--workdir", "EMPTY"],
+                             "no trained weights"),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_input_is_one_line_exit_2_and_touches_nothing(case, finished_run, tmp_path, capsys):
+    argv, expected = CASES[case]
+    argv = [str(tmp_path / "empty") if a == "EMPTY" else a for a in argv]
+    if "--workdir" not in argv:
+        argv = [*argv, "--workdir", str(finished_run)]
+    before = _snapshot(finished_run)
+    capsys.readouterr()
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert lines[-1].startswith("jaxmodels: error: "), err
+    assert expected in lines[-1], lines[-1]
+    assert "Traceback" not in err
+    assert _snapshot(finished_run) == before
+
+
+def test_config_file_that_does_not_parse(finished_run, tmp_path, capsys):
+    path = _write(tmp_path, "broken.py", "def get_config(tiny=False:\n    return None\n")
+    before = _snapshot(finished_run)
+    assert cli.main(["train", path, "--workdir", str(finished_run)]) == 2
+    assert "broken.py' does not parse: line 1" in capsys.readouterr().err
+    assert _snapshot(finished_run) == before
+
+
+def test_config_file_that_raises(finished_run, tmp_path, capsys):
+    path = _write(tmp_path, "raises.py", "def get_config(tiny=False):\n    return 1 / 0\n")
+    before = _snapshot(finished_run)
+    assert cli.main(["train", path, "--workdir", str(finished_run)]) == 2
+    assert "failed to run: ZeroDivisionError" in capsys.readouterr().err
+    assert _snapshot(finished_run) == before
+
+
+def test_unwritable_workdir(finished_run, tmp_path, capsys):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    before = _snapshot(finished_run)
+    assert cli.main(["train", MLP, "--tiny", *BASE, "--workdir", str(blocker / "run")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "is not writable" in err and "pass --workdir" in err
+    assert _snapshot(finished_run) == before and blocker.read_text() == "not a folder"
+
+
+def test_full_disk_during_a_save_keeps_earlier_checkpoints(finished_run, tmp_path):
+    """A real write failure: the resumed run's process may not write files over 12 kB (the OS
+    refuses the write as it would on a full disk, with EFBIG instead of ENOSPC). Logs and configs
+    stay under that; the checkpoint's data file (params and Adam moments, ~18 kB) does not."""
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    before = _snapshot(run)
+
+    # The limit is set by a small launcher that then becomes the run (exec), rather than by a
+    # preexec_fn, which would run Python in a fork of this multithreaded (JAX) process.
+    launcher = ("import os, resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+                "resource.setrlimit(resource.RLIMIT_FSIZE, (12_000, 12_000)); "
+                "os.execv(sys.executable, [sys.executable, '-m', 'jaxmodels.cli', *sys.argv[1:]])")
+    argv = [sys.executable, "-c", launcher, "train", MLP, "--tiny", *BASE[:1], "train.steps=20",
+            *BASE[2:], "--workdir", str(run)]
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)})
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert "Traceback" not in r.stderr
+    assert "saving the checkpoint of step 15" in lines[-1] and "free disk space" in lines[-1]
+    assert "the checkpoints of steps [5, 10] are intact" in lines[-1]
+    after = _snapshot(run)
+    for name, digest in before.items():
+        if name.startswith("checkpoints/") or name in ("summary.json",) or name.startswith("weights/"):
+            assert after.get(name) == digest, name
