@@ -6,6 +6,8 @@ strict rank promotion so an accidental broadcast between mismatched ranks fails 
 
 import functools
 import http.server
+import os
+import tempfile
 import threading
 
 import jax
@@ -13,6 +15,9 @@ import pytest
 
 jax.config.update("jax_num_cpu_devices", 8)
 jax.config.update("jax_numpy_rank_promotion", "raise")
+# The CPU matmul probe behind MFU caches its measurement; tests (and the processes they start)
+# keep it in a folder of their own rather than the user's ~/.cache.
+os.environ.setdefault("JAXMODELS_CACHE_DIR", tempfile.mkdtemp(prefix="jaxmodels_cache_"))
 
 
 @pytest.fixture(scope="session")

@@ -39,7 +39,7 @@ MLP = ROOT / "experiments/configs/mlp_mnist.py"
 RUN = [str(MLP), "--tiny", "data.dataset=digits", "train.steps=45", "train.eval_every=none",
        "train.log_every=5", "optimizer.schedule=warmup_cosine", "optimizer.warmup_steps=5",
        "model.dropout=0.1", "checkpoint.every_steps=1", "checkpoint.keep=2"]
-TIMING = ("examples_per_sec", "tokens_per_sec")
+TIMING = ("examples_per_sec", "tokens_per_sec", "mfu")
 
 
 def _env():

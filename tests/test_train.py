@@ -13,6 +13,7 @@ import pytest
 
 import jaxmodels
 from jaxmodels import config as C
+from jaxmodels.scaling import flops
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SEED_CNN = ROOT / "experiments/configs/seed_cnn_mnist.py"
@@ -41,6 +42,13 @@ def test_writes_config_metrics_summary_and_curves(seed_cnn_run):
     for key in ("step", "train_loss", "eval_loss", "eval_accuracy", "params", "wall_time_s", "examples_per_sec"):
         assert summary[key] is not None, key
     assert summary["step"] == 60 and summary["params"] == 63_050
+    # FLOPs are the analytic count times what was trained; MFU a fraction of the device peak.
+    acc = flops.account(config.model, (28, 28, 1))
+    assert summary["examples_seen"] == 60 * config.data.batch_size
+    assert summary["flops"] == acc.model_flops_per_example * summary["examples_seen"]
+    assert summary["non_embedding_params"] == 63_050
+    assert 0 < summary["mfu"] < 1 and summary["hfu"] == summary["mfu"]  # no remat
+    assert all(0 < r["mfu"] < 1 for r in records)
     assert (workdir / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

@@ -1,4 +1,5 @@
-"""Scaling studies: fitting scaling laws to tables of runs (fit.py) and plotting them (plots.py).
+"""Scaling studies: analytic parameter and FLOP accounting (flops.py), device peaks and MFU
+(hardware.py), fitting scaling laws to tables of runs (fit.py) and plotting them (plots.py).
 
     from jaxmodels.scaling import fit
     table = fit.read_table("runs.csv")

@@ -22,6 +22,7 @@ import pathlib
 import shutil
 
 import jax
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
 from jaxmodels.config import CheckpointConfig
@@ -110,6 +111,11 @@ class Checkpoints:
         """Starts saving (finishes in the background when async); any error of the previous
         save surfaces here as a one-line UserError."""
         self.wait()
+        if self.cfg.async_save:
+            # The write continues while training does, and the next step donates (reuses) the
+            # state's buffers; on CPU orbax's host copies are views of those very buffers. A
+            # device-side copy, freed when the write ends, keeps what is written the saved step.
+            state = jax.tree.map(jnp.copy, state)
         args = ocp.args.Composite(state=ocp.args.StandardSave(state), loop=ocp.args.JsonSave(loop),
                                   config=ocp.args.JsonSave(config))
         try:

@@ -47,6 +47,10 @@ from jaxmodels.parallel import distributed
 from jaxmodels.parallel import mesh as mesh_lib
 from jaxmodels.parallel import rules as rules_lib
 from jaxmodels.parallel import sharding as sharding_lib
+# Accounting only (analytic FLOPs, device peaks): scaling/flops.py and hardware.py import no
+# training code, so this does not turn the cli -> scaling -> training direction around.
+from jaxmodels.scaling import flops as flops_lib
+from jaxmodels.scaling import hardware
 from jaxmodels.training import checkpoint, optim, plots, resume, tasks
 from jaxmodels.training import step as step_lib
 from jaxmodels.training.state import TrainState, abstract_variables, count_params, init_state
@@ -352,9 +356,31 @@ def train(config: Config, workdir: str | os.PathLike, *, restart: bool = False) 
         ckpt.close()
 
 
+def _accounting(s: Setup, log):
+    """(Accounting, Peak) for MFU: analytic FLOPs of this model and the devices' peak; either
+    may be None (a family the accounting does not know; a device without a known peak)."""
+    try:
+        acc = flops_lib.account(s.config.model, tuple(s.task.example_inputs.shape[1:]))
+    except UserError as e:
+        print(f"{s.config.name}: no FLOP accounting, so no MFU ({e})", file=log)
+        return None, None
+    return acc, hardware.peak_flops(s.mesh.devices.flat[0])
+
+
+def _utilisation(acc, peak, examples: int, seconds: float, n_devices: int) -> dict:
+    """MFU (model FLOPs) and HFU (hardware FLOPs: remat's recomputation included) of `examples`
+    trained in `seconds`; None where unknown."""
+    if acc is None or peak is None or seconds <= 0 or examples <= 0:
+        return {"mfu": None, "hfu": None}
+    return {"mfu": hardware.mfu(acc.model_flops_per_example * examples, seconds, n_devices, peak),
+            "hfu": hardware.mfu(acc.hardware_flops_per_example * examples, seconds, n_devices, peak)}
+
+
 def _train(s: Setup, ckpt: checkpoint.Checkpoints, workdir: pathlib.Path, main: bool, log,
            t_start: float) -> dict:
     cfg = s.config
+    acc, peak = _accounting(s, log)
+    n_devices = s.mesh.devices.size
     resumed = _resume(s, ckpt, workdir, log)
     if resumed is None:
         state, ls, records = s.init_fn(), LoopState(), []
@@ -446,6 +472,9 @@ def _train(s: Setup, ckpt: checkpoint.Checkpoints, workdir: pathlib.Path, main: 
                     ls.train_time += elapsed
                     ls.timed_examples += interval_examples
                     record["examples_per_sec"] = interval_examples / max(elapsed, 1e-9)
+                    util = _utilisation(acc, peak, interval_examples, elapsed, n_devices)
+                    if util["mfu"] is not None:
+                        record["mfu"] = util["mfu"]
                     if s.task.tokens_per_example > 1:
                         record["tokens_per_sec"] = record["examples_per_sec"] * s.task.tokens_per_example
                     ls.pending, interval_examples = [], 0
@@ -503,8 +532,15 @@ def _train(s: Setup, ckpt: checkpoint.Checkpoints, workdir: pathlib.Path, main: 
         "eval_accuracy": final["accuracy"],
         "eval_examples": final["examples"],
         "params": n_params,
+        "non_embedding_params": acc.non_embedding_params if acc else None,
         "examples_seen": step * cfg.data.batch_size,
         "tokens_seen": step * cfg.data.batch_size * s.task.tokens_per_example,
+        # Analytic training FLOPs (forward + backward matmuls; see scaling/flops.py).
+        "flops_per_example": acc.model_flops_per_example if acc else None,
+        "flops": acc.model_flops_per_example * step * cfg.data.batch_size if acc else None,
+        **_utilisation(acc, peak, ls.timed_examples, ls.train_time, n_devices),
+        "peak_flops_per_device": peak.flops_per_s if peak else None,
+        "peak_source": peak.name if peak else None,
         "skipped_updates": ls.skipped,
         "resumed_from": ls.resumed_from,
         # Summed over every session of a resumed run.
