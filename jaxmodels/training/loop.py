@@ -39,6 +39,7 @@ from jaxmodels.parallel import distributed
 from jaxmodels.parallel import mesh as mesh_lib
 from jaxmodels.parallel import rules as rules_lib
 from jaxmodels.parallel import sharding as sharding_lib
+from jaxmodels.scaling import results
 from jaxmodels.training import checkpoint, optim, plots, tasks
 from jaxmodels.training import step as step_lib
 from jaxmodels.training.state import TrainState, abstract_variables, count_params, init_state
@@ -320,6 +321,7 @@ def train(config: Config, workdir: str | os.PathLike) -> dict:
     if not main:
         return summary
     _write_json(workdir / "summary.json", summary)
+    results.record(cfg, summary, workdir)  # one row in <workdir>/../results.jsonl
     plots.learning_curves(records, workdir / "curves.png", title=f"{cfg.name} ({type(s.model).__name__})")
     print(f"{cfg.name}: {cfg.data.eval_split} accuracy {100 * final['accuracy']:.2f}% "
           f"(loss {final['loss']:.4f}, {final['examples']:,} examples) after {summary['step']:,} "
