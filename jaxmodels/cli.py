@@ -5,6 +5,7 @@
   jaxmodels eval CONFIG [KEY=VALUE ...] --workdir DIR [--split test|validation]
   jaxmodels plan CONFIG [KEY=VALUE ...] [--device-memory 16GiB] [--no-compile]
   jaxmodels fit TABLE [--out FIT.json] [--plots DIR] [--bootstrap N]
+  jaxmodels sweep SWEEP_FILE [--workdir DIR] [--workers N] [--tiny] [--dry-run]
   jaxmodels sample --workdir DIR --prompt TEXT [--max-new-tokens N --temperature T --top-k K
                    --top-p P --seed S]
 
@@ -65,6 +66,16 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("fit", add_help=False,
                    help="fit scaling laws to a CSV/JSONL table of params, tokens, loss "
                         "(jaxmodels fit --help)")
+    sweep = sub.add_parser("sweep", help="train every run of a sweep file into --workdir/<run>, "
+                                         "skipping finished runs")
+    sweep.add_argument("sweep_file", help="a Python file defining get_sweep(tiny=False)")
+    sweep.add_argument("--workdir", default=None, help="default: runs/<sweep file name>")
+    sweep.add_argument("--workers", type=int, default=1,
+                       help="runs at once, each in its own process (1: one after another here)")
+    sweep.add_argument("--tiny", action="store_true", help="the sweep file's tiny variant")
+    sweep.add_argument("--dry-run", action="store_true",
+                       help="list the runs and what each workdir holds, then exit")
+    sweep.add_argument("--debug", action="store_true", help="show Python tracebacks")
     sample = sub.add_parser("sample", help="generate text from a trained language model")
     sample.add_argument("--workdir", required=True, help="the workdir of a language-model run")
     sample.add_argument("--prompt", required=True)
@@ -103,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     # Overrides may also follow flags (`CONFIG --tiny train.steps=5`), which argparse alone
     # leaves over as unknown arguments.
     args, rest = parser.parse_known_args(argv)
-    stray = [r for r in rest if r.startswith("-") or "=" not in r or args.command == "sample"]
+    stray = [r for r in rest if r.startswith("-") or "=" not in r or args.command in ("sample", "sweep")]
     if stray:
         parser.error(f"unrecognized arguments: {' '.join(stray)}")
     if not args.debug:
@@ -118,6 +129,16 @@ def main(argv: list[str] | None = None) -> int:
                                 temperature=args.temperature, top_k=args.top_k,
                                 top_p=args.top_p, seed=args.seed))
             return 0
+        if args.command == "sweep":
+            from jaxmodels.scaling import sweep
+
+            if args.dry_run:
+                planned = sweep.plan(args.sweep_file, args.workdir, tiny=args.tiny)
+                print(sweep.format_plan(planned))
+                return 0
+            outcomes = sweep.run_sweep(args.sweep_file, args.workdir, tiny=args.tiny,
+                                       workers=args.workers)
+            return 1 if any(o.status == "failed" for o in outcomes) else 0
         args.overrides = list(args.overrides) + rest
         config = _resolve(args)
         # Imported here so that `jaxmodels --help` and config errors answer before JAX starts.

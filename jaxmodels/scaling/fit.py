@@ -1,9 +1,12 @@
 """Scaling-law fits to a table of training runs: `python -m jaxmodels.scaling.fit TABLE`.
 
   python -m jaxmodels.scaling.fit TABLE [--out FIT.json] [--plots DIR] [--bootstrap N] [--seed S]
+                                 [--params-column NAME] [--tokens-column NAME] [--loss-column NAME]
 
 TABLE is any CSV (header row) or JSONL file (one object per line) with columns `params` (N),
-`tokens` (D) and `loss` (L); `flops` (C) is optional and defaults to 6 N D.
+`tokens` (D) and `loss` (L), or others named by the --*-column options (the results table's
+`non_embedding_params`, say); `flops` (C) is optional and defaults to 6 N D (also when the
+column is there but empty in every row, as in a results table without FLOP counts).
 
 Laws fitted (Hoffmann et al. 2022, "Chinchilla", approaches 3 and 2):
   joint     L(N, D) = E + A / N^alpha + B / D^beta
@@ -88,35 +91,39 @@ def _read_records(path: pathlib.Path) -> tuple[list[dict], set[str]]:
     return records, columns
 
 
-def _read_rows(path) -> tuple[dict[str, np.ndarray], int]:
+def _read_rows(path, columns: dict[str, str] | None = None) -> tuple[dict[str, np.ndarray], int]:
     """(table, number of rows dropped for non-finite or non-positive values); see read_table."""
     path = pathlib.Path(path)
-    records, columns = _read_records(path)
-    missing = [c for c in REQUIRED if c not in columns]
+    records, present = _read_records(path)
+    source = {role: (columns or {}).get(role, role).strip().lower() for role in REQUIRED}
+    missing = [source[c] for c in REQUIRED if source[c] not in present]
     if missing:
-        raise UserError(f"table {path} has no column {', '.join(missing)}: it needs columns params, tokens and loss (flops optional)")
+        raise UserError(f"table {path} has no column {', '.join(missing)}: it needs columns params, tokens and loss (flops optional), or name others with --params-column, --tokens-column, --loss-column")
     if not records:
         raise UserError(f"table {path} has no rows: add one row per training run")
-    has_flops = "flops" in columns
+    has_flops = "flops" in present and any(np.isfinite(_to_float(r.get("flops"))) for r in records)
     names = REQUIRED + (("flops",) if has_flops else ())
-    values = np.array([[_to_float(r.get(c)) for c in names] for r in records], dtype=np.float64)
+    source["flops"] = "flops"
+    values = np.array([[_to_float(r.get(source[c])) for c in names] for r in records], dtype=np.float64)
     keep = np.all(np.isfinite(values) & (values > 0), axis=1)
     if not keep.any():
-        raise UserError(f"table {path} has no row with finite positive params, tokens and loss: check the values")
+        raise UserError(f"table {path} has no row with finite positive {', '.join(source[c] for c in REQUIRED)}: check the values")
     table = {c: values[keep, i] for i, c in enumerate(names)}
     if not has_flops:
         table["flops"] = 6.0 * table["params"] * table["tokens"]
     return table, int((~keep).sum())
 
 
-def read_table(path) -> dict[str, np.ndarray]:
+def read_table(path, columns: dict[str, str] | None = None) -> dict[str, np.ndarray]:
     """Columns params, tokens, loss, flops (float64, one entry per run) of a CSV or JSONL table.
 
-    Column names are matched case-insensitively; `flops` defaults to 6 * params * tokens. Rows
+    `columns` maps any of the roles params, tokens, loss to another column of the table (e.g.
+    {"params": "non_embedding_params"}); the result keeps the role names. Column names are
+    matched case-insensitively; `flops` defaults to 6 * params * tokens. Rows
     with a missing, non-numeric, non-finite or non-positive value are dropped with a warning
     giving the count. A missing column, an empty table or an unreadable file is a UserError.
     """
-    table, dropped = _read_rows(path)
+    table, dropped = _read_rows(path, columns)
     if dropped:
         warnings.warn(f"{path}: dropped {dropped} row(s) with a missing, non-finite or non-positive value", stacklevel=2)
     return table
@@ -402,6 +409,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--plots", default=None, help="write PNG plots into this folder")
     parser.add_argument("--bootstrap", type=int, default=100, help="resamples for the intervals (0: none)")
     parser.add_argument("--seed", type=int, default=0)
+    for role in REQUIRED:
+        parser.add_argument(f"--{role}-column", default=role, metavar="NAME",
+                            help=f"the table's column holding {role} (default: {role})")
     parser.add_argument("--debug", action="store_true", help="show Python tracebacks")
     return parser
 
@@ -411,7 +421,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.bootstrap < 0:
             raise UserError(f"--bootstrap {args.bootstrap} is negative: pass 0 for no intervals or a count such as 100")
-        table, dropped = _read_rows(args.table)
+        columns = {role: getattr(args, f"{role}_column") for role in REQUIRED}
+        table, dropped = _read_rows(args.table, columns)
         print(f"{args.table}: {len(table['loss'])} runs" + (f", dropped {dropped} with a missing, non-finite or non-positive value" if dropped else ""))
         result = fit_table(table, n_bootstrap=args.bootstrap, seed=args.seed)
         result |= {"table": str(args.table), "dropped_rows": dropped, "bootstrap": args.bootstrap}

@@ -47,10 +47,11 @@ from jaxmodels.parallel import distributed
 from jaxmodels.parallel import mesh as mesh_lib
 from jaxmodels.parallel import rules as rules_lib
 from jaxmodels.parallel import sharding as sharding_lib
-# Accounting only (analytic FLOPs, device peaks): scaling/flops.py and hardware.py import no
-# training code, so this does not turn the cli -> scaling -> training direction around.
+# Accounting and bookkeeping only (analytic FLOPs, device peaks, the results table):
+# scaling/flops.py, hardware.py and results.py import no training code, so this does not turn
+# the cli -> scaling -> training direction around.
 from jaxmodels.scaling import flops as flops_lib
-from jaxmodels.scaling import hardware
+from jaxmodels.scaling import hardware, results
 from jaxmodels.training import checkpoint, optim, plots, resume, tasks
 from jaxmodels.training import step as step_lib
 from jaxmodels.training.state import TrainState, abstract_variables, count_params, init_state
@@ -495,7 +496,7 @@ def _train(s: Setup, ckpt: checkpoint.Checkpoints, workdir: pathlib.Path, main: 
                     record.update(val)
                     if main:
                         bar.write(f"step {step}: val_loss {v['loss']:.4f} val_accuracy "
-                                  f"{100 * v['accuracy']:.2f}%")
+                                  f"{100 * v['accuracy']:.2f}%", file=sys.stderr)
                 if record is not None:
                     records.append(record)
                     metrics_file.write(json.dumps(record) + "\n")
@@ -561,6 +562,7 @@ def _train(s: Setup, ckpt: checkpoint.Checkpoints, workdir: pathlib.Path, main: 
     if not main:
         return summary
     _write_json(workdir / "summary.json", summary)
+    results.record(cfg, summary, workdir)  # one row in <workdir>/../results.jsonl
     plots.learning_curves(records, workdir / "curves.png", title=f"{cfg.name} ({type(s.model).__name__})")
     print(f"{cfg.name}: {cfg.data.eval_split} accuracy {100 * final['accuracy']:.2f}% "
           f"(loss {final['loss']:.4f}, {final['examples']:,} examples) after {summary['step']:,} "

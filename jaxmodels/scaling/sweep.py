@@ -1,0 +1,578 @@
+"""Sweeps: many runs of one experiment file, each in DIR/<run name>, relaunchable.
+
+    jaxmodels sweep SWEEP_FILE [--workdir DIR] [--workers N] [--tiny] [--dry-run]
+
+A sweep file is Python defining `get_sweep(tiny: bool = False) -> Sweep`:
+
+    from jaxmodels.scaling.sweep import Sweep, grid
+
+    def get_sweep(tiny=False):
+        return Sweep(config="../configs/mlp_mnist.py",         # relative to this file
+                     tiny=tiny,                                  # the config's tiny variant
+                     base={"data.dataset": "digits", "train.steps": 500},   # every run
+                     runs=grid({"model.hidden": [(32,), (128,)], "train.seed": [0, 1]})
+                          + [{"optimizer.learning_rate": 3e-4}])
+
+Values are Python values (int, float, bool, str, None, tuples of them) turned into the usual
+`KEY=VALUE` overrides, so they are parsed and checked exactly as on the command line. Every
+run's config is resolved before any run trains: a bad key in the last run is one line at once.
+
+A run is named by its own values (`hidden=32,seed=0`; a long name is cut and given a short
+hash) and trains into DIR/<name>. On a relaunch each run is, by what its workdir holds:
+  done      summary.json and a config.json equal to the run's config: skipped
+  resume    a config.json equal to the run's config but no summary: trained into the same
+            workdir, so the loop picks up its checkpoints
+  changed   a config.json of another config: the folder is renamed to <name>.replaced-<hash>
+            (nothing is deleted) and the run trains afresh
+  new       nothing there yet
+"Equal" compares `results.config_hash` (labels and display switches excluded), with
+`model.vocab_size=none` in the request matching the size the loop filled in from the tokenizer.
+
+Runs go one after another in this process, or with `workers=N` up to N at once, each a
+subprocess (`python -m jaxmodels.scaling.sweep --worker ...`) given the resolved config as JSON,
+its output in DIR/logs/<name>.log, and, on Linux, its own 1/N of this process's CPUs (CPU
+affinity, set in the worker before JAX starts; XLA and NumPy size their thread pools from it,
+so N workers do not each start a pool as large as the machine). Workers do not split
+accelerators: on a GPU or TPU host every worker would claim every device, so use --workers 1.
+A failed run (an exception, or a non-zero exit) is marked failed with its one-line error and the
+others go on. At the end a table is printed and DIR/sweep.csv written: one line per run with its
+swept values, status and its latest row of the results table (DIR/results.jsonl, which every
+run appends to itself; see results.py). Each run's step bar is switched off
+(`train.progress=false`, display only): the sweep shows one bar over runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import contextlib
+import dataclasses
+import hashlib
+import importlib.util
+import itertools
+import json
+import numbers
+import os
+import pathlib
+import queue
+import re
+import shlex
+import subprocess
+import sys
+import threading
+import traceback
+from collections.abc import Mapping, Sequence
+from typing import Literal
+
+import tqdm
+import tqdm.contrib
+
+from jaxmodels import config as config_lib
+from jaxmodels.errors import ConfigError, UserError
+from jaxmodels.scaling import results
+from jaxmodels.training import loop
+
+Value = int | float | bool | str | None | tuple
+State = Literal["new", "done", "resume", "changed"]
+Status = Literal["trained", "skipped", "failed"]
+
+MAX_NAME = 64  # characters of a run folder name; longer ones are cut and given a hash
+_ERROR_PREFIX = "jaxmodels: error: "  # a worker's last line names its error after this
+
+
+# ---------------------------------------------------------------------------------------------
+# Declaring a sweep
+
+
+@dataclasses.dataclass(frozen=True)
+class Sweep:
+    """What to run: one experiment file, overrides shared by every run, one dict per run."""
+
+    config: str  # experiment file defining get_config(tiny=False); relative to the sweep file
+    runs: tuple[Mapping[str, Value], ...] = ({},)
+    base: Mapping[str, Value] = dataclasses.field(default_factory=dict)
+    tiny: bool = False  # the experiment file's tiny variant
+
+    def __post_init__(self):
+        if not isinstance(self.config, (str, os.PathLike)):
+            raise ConfigError(f"Sweep(config={self.config!r}) must be the path of an experiment file, e.g. config='../configs/mlp_mnist.py'")
+        if isinstance(self.runs, Mapping) or not isinstance(self.runs, Sequence):
+            raise ConfigError(f"Sweep(runs=...) must be a list of dicts (one per run), got {type(self.runs).__name__}: wrap it in [...] or use grid({{...}})")
+        for i, run in enumerate(self.runs):
+            _check_overrides(run, f"Sweep run {i}")
+        _check_overrides(self.base, "Sweep(base=...)")
+        if not self.runs:
+            raise ConfigError("Sweep(runs=[]) has no runs: list at least one dict of overrides ({} runs the config as it is)")
+        object.__setattr__(self, "runs", tuple(dict(r) for r in self.runs))
+        object.__setattr__(self, "base", dict(self.base))
+
+
+def _check_overrides(values, where: str) -> None:
+    if not isinstance(values, Mapping):
+        raise ConfigError(f"{where} is a {type(values).__name__}, not a dict of overrides: write {{'train.seed': 0}}")
+    for key in values:
+        if not isinstance(key, str) or not key:
+            raise ConfigError(f"{where} has the key {key!r}: keys are dotted config names such as 'model.hidden'")
+
+
+def _axes(axes: Mapping[str, Sequence[Value]], what: str) -> list[tuple[str, list]]:
+    if not isinstance(axes, Mapping):
+        raise ConfigError(f"{what}() takes a dict of key -> list of values, got {type(axes).__name__}")
+    out = []
+    for key, values in axes.items():
+        # A string or a tuple is one value here, not a list of them (tuples are values of
+        # tuple fields such as model.hidden).
+        if isinstance(values, (str, bytes, tuple)) or not isinstance(values, Sequence):
+            raise ConfigError(f"{what}() axis '{key}' needs a list of values, got {values!r}: write '{key}': [{values!r}, ...]")
+        if not values:
+            raise ConfigError(f"{what}() axis '{key}' has no values: give it at least one")
+        out.append((key, list(values)))
+    return out
+
+
+def grid(axes: Mapping[str, Sequence[Value]]) -> list[dict[str, Value]]:
+    """Every combination of the axes' values (the last key varies fastest), one dict each."""
+    pairs = _axes(axes, "grid")
+    keys = [k for k, _ in pairs]
+    return [dict(zip(keys, combo)) for combo in itertools.product(*(v for _, v in pairs))]
+
+
+def zip_runs(axes: Mapping[str, Sequence[Value]]) -> list[dict[str, Value]]:
+    """Runs that pair the i-th values of every axis (e.g. a width with its learning rate)."""
+    pairs = _axes(axes, "zip_runs")
+    lengths = {k: len(v) for k, v in pairs}
+    if len(set(lengths.values())) > 1:
+        raise ConfigError(f"zip_runs() axes differ in length ({', '.join(f'{k}: {n}' for k, n in lengths.items())}): give every axis the same number of values")
+    keys = [k for k, _ in pairs]
+    return [dict(zip(keys, combo)) for combo in zip(*(v for _, v in pairs))]
+
+
+def load(path: str | os.PathLike, *, tiny: bool = False) -> Sweep:
+    """Runs a sweep file and returns its `get_sweep(tiny=...)`; problems are one-line errors."""
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise ConfigError(f"sweep file {str(path)!r} not found: pass a path such as experiments/sweeps/mlp_width_digits.py")
+    spec = importlib.util.spec_from_file_location(f"jaxmodels_sweep_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except ConfigError as e:
+        raise ConfigError(f"sweep file {str(path)!r}: {e}") from None
+    except SyntaxError as e:
+        raise ConfigError(f"sweep file {str(path)!r} does not parse: line {e.lineno}: {e.msg}") from None
+    except Exception as e:  # noqa: BLE001 - any failure in user code becomes one line
+        raise ConfigError(f"sweep file {str(path)!r} failed to run: {type(e).__name__}: {e}") from None
+    get_sweep = getattr(module, "get_sweep", None)
+    if not callable(get_sweep):
+        raise ConfigError(f"sweep file {str(path)!r} has no get_sweep(tiny=False) function returning a jaxmodels Sweep")
+    try:
+        sweep = get_sweep(tiny=tiny)
+    except ConfigError as e:
+        raise ConfigError(f"sweep file {str(path)!r}: {e}") from None
+    except Exception as e:  # noqa: BLE001
+        raise ConfigError(f"get_sweep() in {str(path)!r} failed: {type(e).__name__}: {e}") from None
+    if not isinstance(sweep, Sweep):
+        raise ConfigError(f"get_sweep() in {str(path)!r} returned {type(sweep).__name__}, expected jaxmodels.scaling.sweep.Sweep")
+    return sweep
+
+
+# ---------------------------------------------------------------------------------------------
+# Resolving runs
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    name: str  # the folder name under the sweep's workdir
+    values: dict  # this run's own overrides, typed (the columns of sweep.csv)
+    overrides: tuple[str, ...]  # base then own, as KEY=VALUE (what `jaxmodels train` takes)
+    config: config_lib.Config  # resolved and validated, step bar off
+    workdir: pathlib.Path
+    config_file: pathlib.Path  # the experiment file it came from
+    tiny: bool  # ... and whether its tiny variant
+
+
+def _override_text(key: str, value: Value, where: str) -> str:
+    """`value` as the text the KEY=VALUE parser reads back to the same value."""
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, numbers.Integral):
+        return str(int(value))
+    if isinstance(value, numbers.Real):
+        return repr(float(value))  # repr round-trips a float exactly
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (tuple, list)):
+        parts = []
+        for v in value:
+            if isinstance(v, (tuple, list)) or (isinstance(v, str) and "," in v):
+                raise ConfigError(f"{where}: {key}={value!r} nests a tuple or a comma: tuple values hold plain numbers or words")
+            parts.append(_override_text(key, v, where))
+        return "(" + ",".join(parts) + ("," if len(parts) == 1 else "") + ")"
+    raise ConfigError(f"{where}: {key}={value!r} is a {type(value).__name__}: sweep values are int, float, bool, str, None or tuples of them")
+
+
+def _name_text(value: Value) -> str:
+    if isinstance(value, (tuple, list)):
+        return "-".join(_name_text(v) for v in value) or "empty"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, bool) or value is None:
+        return str(value).lower()
+    return str(value)
+
+
+def _digest(values: dict) -> str:
+    return hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:8]
+
+
+def run_names(runs: Sequence[Mapping[str, Value]]) -> list[str]:
+    """Readable, deterministic, distinct folder names: `key=value` pairs of each run's own
+    values, keys shortened to their last part unless two keys share it ("base": no values)."""
+    keys = list(dict.fromkeys(k for r in runs for k in r))
+    last = [k.rsplit(".", 1)[-1] for k in keys]
+    short = {k: (p if last.count(p) == 1 else k) for k, p in zip(keys, last)}
+    names = []
+    for r in runs:
+        name = ",".join(f"{short[k]}={_name_text(v)}" for k, v in r.items()) or "base"
+        name = re.sub(r"[^A-Za-z0-9._=,+-]", "_", name)  # safe as a folder name everywhere
+        if len(name) > MAX_NAME:
+            name = f"{name[:MAX_NAME - 9]}-{_digest(dict(r))}"
+        names.append(name)
+    # Different values can still meet (cut names, replaced characters): the hash tells them apart.
+    clashes = {n for n in names if names.count(n) > 1}
+    return [f"{n}-{_digest(dict(r))}" if n in clashes else n for n, r in zip(names, runs)]
+
+
+def resolve(sweep: Sweep, *, root: str | os.PathLike, workdir: str | os.PathLike) -> list[Run]:
+    """Every run's validated config, before anything trains. `root` is the folder the sweep's
+    config path is relative to (the sweep file's)."""
+    config_path = pathlib.Path(root) / sweep.config
+    base_config = config_lib.load(config_path, tiny=sweep.tiny)
+    names = run_names(sweep.runs)
+    runs, seen = [], {}
+    for i, (name, values) in enumerate(zip(names, sweep.runs)):
+        where = f"sweep run {i} ({name})"
+        texts = [f"{k}={_override_text(k, v, where)}" for k, v in (*sweep.base.items(), *values.items())]
+        try:
+            config = config_lib.apply_overrides(base_config, texts)
+        except ConfigError as e:
+            raise ConfigError(f"{_blame(base_config, texts[:len(sweep.base)], e) or where}: {e}") from None
+        config = dataclasses.replace(config, train=dataclasses.replace(config.train, progress=False))
+        digest = results.config_hash(config)
+        if digest in seen:
+            raise ConfigError(f"{where} trains the same config as run {seen[digest]}: remove one of them")
+        seen[digest] = f"{i} ({name})"
+        runs.append(Run(name, dict(values), tuple(texts), config, pathlib.Path(workdir) / name,
+                        config_path, sweep.tiny))
+    return runs
+
+
+def _blame(base_config: config_lib.Config, base_texts: list[str], error: ConfigError) -> str | None:
+    """"sweep base" when the shared overrides alone raise `error` (so every run would)."""
+    try:
+        config_lib.apply_overrides(base_config, base_texts)
+    except ConfigError as e:
+        return "sweep base" if str(e) == str(error) else None
+    return None
+
+
+def _stored_config(workdir: pathlib.Path) -> config_lib.Config | None:
+    try:
+        return config_lib.from_dict(json.loads((workdir / "config.json").read_text()))
+    except (OSError, ValueError, KeyError, TypeError, ConfigError):
+        return None
+
+
+def _same_config(requested: config_lib.Config, stored: config_lib.Config) -> bool:
+    # The loop fills model.vocab_size=None from the tokenizer before writing config.json.
+    model = requested.model
+    if (getattr(model, "vocab_size", 0) is None and type(stored.model) is type(model)):
+        requested = dataclasses.replace(
+            requested, model=dataclasses.replace(model, vocab_size=stored.model.vocab_size))
+    return results.config_hash(requested) == results.config_hash(stored)
+
+
+def state(run: Run) -> State:
+    """What the run's workdir holds (see the module docstring)."""
+    if not (run.workdir / "config.json").exists():
+        return "new"
+    stored = _stored_config(run.workdir)
+    if stored is None or not _same_config(run.config, stored):
+        return "changed"
+    return "done" if (run.workdir / "summary.json").is_file() else "resume"
+
+
+def plan(path: str | os.PathLike, workdir: str | os.PathLike | None = None, *,
+         tiny: bool = False) -> list[tuple[Run, State]]:
+    """The sweep file's runs and what each workdir holds; nothing is created."""
+    path = pathlib.Path(path)
+    workdir = pathlib.Path(workdir) if workdir is not None else pathlib.Path("runs") / path.stem
+    runs = resolve(load(path, tiny=tiny), root=path.parent, workdir=workdir)
+    return [(run, state(run)) for run in runs]
+
+
+def command(run: Run) -> str:
+    """The `jaxmodels train` command that trains this one run by hand."""
+    relative = os.path.relpath(run.config_file)
+    config_file = str(run.config_file.absolute()) if relative.startswith("..") else relative
+    parts = ["jaxmodels", "train", config_file,
+             *(["--tiny"] if run.tiny else []), *run.overrides, "--workdir", str(run.workdir)]
+    return " ".join(shlex.quote(p) for p in parts)
+
+
+def format_plan(planned: list[tuple[Run, State]]) -> str:
+    """The --dry-run listing: each run, what its workdir holds, and its own train command."""
+    width = max(len(r.name) for r, _ in planned)
+    lines = [f"{len(planned)} runs ({sum(s == 'done' for _, s in planned)} done):"]
+    lines += [f"  {r.name:<{width}}  {s:<7}  {command(r)}" for r, s in planned]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# Running
+
+
+@dataclasses.dataclass(frozen=True)
+class Outcome:
+    run: Run
+    status: Status
+    summary: dict | None = None  # summary.json of a trained or skipped run
+    error: str | None = None  # one line, for a failed run
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e) if isinstance(e, UserError) else f"{type(e).__name__}: {e}"
+    return (text.strip().splitlines() or [type(e).__name__])[0][:500]
+
+
+def _move_aside(run: Run) -> pathlib.Path:
+    stored = _stored_config(run.workdir)
+    tag = results.config_hash(stored) if stored is not None else "unknown"
+    target = run.workdir.with_name(f"{run.name}.replaced-{tag}")
+    n = 1
+    while target.exists():
+        n += 1
+        target = run.workdir.with_name(f"{run.name}.replaced-{tag}-{n}")
+    run.workdir.rename(target)
+    return target
+
+
+def _read_summary(run: Run) -> dict | None:
+    try:
+        return json.loads((run.workdir / "summary.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _train_here(run: Run, log_dir: pathlib.Path, bar_file) -> Outcome:
+    # The loop prints to sys.stderr; routing that through tqdm keeps the sweep's bar intact.
+    try:
+        with contextlib.redirect_stderr(tqdm.contrib.DummyTqdmFile(bar_file)):
+            summary = loop.train(run.config, run.workdir)
+    except Exception as e:  # noqa: BLE001 - one failed run must not stop the others
+        if not isinstance(e, UserError):
+            log_dir.mkdir(exist_ok=True)
+            (log_dir / f"{run.name}.log").write_text(traceback.format_exc())
+        return Outcome(run, "failed", error=_one_line(e))
+    return Outcome(run, "trained", summary=summary)
+
+
+def _cpu_slots(workers: int) -> list[tuple[int, ...] | None]:
+    """Disjoint CPU sets, one per worker (shared round-robin when workers outnumber CPUs)."""
+    if not hasattr(os, "sched_getaffinity"):
+        return [None] * workers
+    cpus = sorted(os.sched_getaffinity(0))
+    if workers >= len(cpus):
+        return [(cpus[i % len(cpus)],) for i in range(workers)]
+    bounds = [round(i * len(cpus) / workers) for i in range(workers + 1)]
+    return [tuple(cpus[a:b]) for a, b in zip(bounds, bounds[1:])]
+
+
+class _Workers:
+    """Runs each run in a subprocess, at most len(slots) at once, each pinned to its slot's CPUs."""
+
+    def __init__(self, workers: int, log_dir: pathlib.Path):
+        self.log_dir = log_dir
+        self.slots: queue.Queue = queue.Queue()
+        for slot in _cpu_slots(workers):
+            self.slots.put(slot)
+        self.procs: set[subprocess.Popen] = set()
+        self.lock = threading.Lock()
+        self.env = dict(os.environ)
+        # The workers import the same jaxmodels source as this process.
+        package_root = str(pathlib.Path(config_lib.__file__).resolve().parents[1])
+        self.env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (package_root, os.environ.get("PYTHONPATH")) if p)
+
+    def __call__(self, run: Run) -> Outcome:
+        cpus = self.slots.get()
+        try:
+            args = [sys.executable, "-m", "jaxmodels.scaling.sweep", "--worker",
+                    "--workdir", str(run.workdir), "--config-json", config_lib.to_json(run.config)]
+            if cpus is not None:
+                args += ["--cpus", ",".join(map(str, cpus))]
+            log_path = self.log_dir / f"{run.name}.log"
+            with log_path.open("w") as log:
+                try:
+                    proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=self.env)
+                except OSError as e:
+                    return Outcome(run, "failed", error=f"cannot start a worker: {e}")
+                with self.lock:
+                    self.procs.add(proc)
+                rc = proc.wait()
+                with self.lock:
+                    self.procs.discard(proc)
+        finally:
+            self.slots.put(cpus)
+        if rc == 0:
+            return Outcome(run, "trained", summary=_read_summary(run))
+        return Outcome(run, "failed", error=_worker_error(log_path, rc))
+
+    def stop(self) -> None:
+        with self.lock:
+            for proc in self.procs:
+                proc.terminate()
+
+
+def _worker_error(log_path: pathlib.Path, rc: int) -> str:
+    lines = [ln for ln in log_path.read_text(errors="replace").splitlines() if ln.strip()]
+    marked = [ln for ln in lines if ln.startswith(_ERROR_PREFIX)]
+    if marked:
+        return marked[-1][len(_ERROR_PREFIX):]
+    why = f"killed by signal {-rc}" if rc < 0 else f"exit status {rc}"
+    return f"worker {why}" + (f": {lines[-1][:300]}" if lines else "") + f" (see {log_path})"
+
+
+def run_sweep(path: str | os.PathLike, workdir: str | os.PathLike | None = None, *,
+              tiny: bool = False, workers: int = 1) -> list[Outcome]:
+    """Trains every run of the sweep file that is not done; returns one Outcome per run (in the
+    file's order), prints the summary table and writes DIR/sweep.csv."""
+    if workers < 1:
+        raise UserError(f"--workers {workers} must be at least 1: pass 1 to run one after another")
+    path = pathlib.Path(path)
+    workdir = pathlib.Path(workdir) if workdir is not None else pathlib.Path("runs") / path.stem
+    planned = plan(path, workdir, tiny=tiny)  # every config is valid before anything is created
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"sweep workdir {str(workdir)!r} cannot be created ({e.strerror}): pass --workdir with a folder you can write to") from None
+    log_dir = workdir / "logs"
+    if workers > 1:
+        log_dir.mkdir(exist_ok=True)
+
+    outcomes: dict[str, Outcome] = {}
+    todo = []
+    for run, st in planned:
+        if st == "done":
+            outcomes[run.name] = Outcome(run, "skipped", summary=_read_summary(run))
+            continue
+        if st == "changed":
+            moved = _move_aside(run)
+            print(f"{run.name}: its config changed; the old run is now {moved}", file=sys.stderr)
+        todo.append(run)
+
+    bar_file = sys.stderr
+    bar = tqdm.tqdm(total=len(planned), initial=len(outcomes), unit="run", desc="sweep",
+                    dynamic_ncols=True, file=bar_file)
+
+    def report(outcome: Outcome) -> None:
+        outcomes[outcome.run.name] = outcome
+        if outcome.status == "failed":
+            bar.write(f"{outcome.run.name}: failed: {outcome.error}", file=bar_file)
+        bar.update(1)
+
+    try:
+        if workers == 1:
+            for run in todo:
+                report(_train_here(run, log_dir, bar_file))
+        else:
+            pool = _Workers(workers, log_dir)
+            with concurrent.futures.ThreadPoolExecutor(workers) as executor:
+                futures = [executor.submit(pool, run) for run in todo]
+                try:
+                    for future in concurrent.futures.as_completed(futures):
+                        report(future.result())
+                except BaseException:
+                    executor.shutdown(wait=False, cancel_futures=True)
+                    pool.stop()
+                    raise
+    finally:
+        bar.close()
+    ordered = [outcomes[run.name] for run, _ in planned]
+    print(format_table(ordered))
+    csv_path = results.to_csv(sweep_rows(ordered, workdir), workdir / "sweep.csv")
+    print(f"wrote {csv_path}; every run's row is in {workdir / results.TABLE_NAME}")
+    return ordered
+
+
+def sweep_rows(outcomes: list[Outcome], workdir: pathlib.Path) -> list[dict]:
+    """One row per run for sweep.csv: name, status, error, swept values, then the run's latest
+    row of the results table (or its summary's numbers, for a run finished before the table)."""
+    table = results.read(pathlib.Path(workdir) / results.TABLE_NAME)
+    swept = list(dict.fromkeys(k for o in outcomes for k in o.run.values))
+    rows = []
+    for o in outcomes:
+        row = {"run": o.run.name, "status": o.status, "error": o.error,
+               **{k: o.run.values.get(k) for k in swept}}
+        stored = _stored_config(o.run.workdir) if o.status != "failed" else None
+        digest = results.config_hash(stored) if stored is not None else None
+        here = str(o.run.workdir.absolute())
+        matches = [r for r in table if r.get("workdir") == here and r.get("config_hash") == digest]
+        if matches:
+            row |= {k: v for k, v in matches[-1].items() if k not in row and k != "config"}
+        elif o.summary is not None:
+            row |= {k: o.summary.get(k) for k in ("eval_loss", "eval_accuracy", "train_loss",
+                                                  "wall_time_s", "params")}
+        rows.append(row)
+    return rows
+
+
+def format_table(outcomes: list[Outcome]) -> str:
+    """The summary printed at the end: one line per run, then the failed runs' errors."""
+
+    def cell(value, fmt: str, width: int) -> str:
+        return f"{'-' if value is None else format(value, fmt):>{width}}"
+
+    width = max([len(o.run.name) for o in outcomes] + [3])
+    lines = [f"{'run':<{width}}  {'status':<7}  {'eval_loss':>9}  {'eval_acc':>8}  {'wall_s':>8}  {'params':>11}"]
+    for o in outcomes:
+        s = o.summary or {}
+        acc = s.get("eval_accuracy")
+        lines.append(f"{o.run.name:<{width}}  {o.status:<7}  {cell(s.get('eval_loss'), '.4f', 9)}  "
+                     f"{cell(None if acc is None else 100 * acc, '.2f', 7)}{'%' if acc is not None else ' '}  "
+                     f"{cell(s.get('wall_time_s'), '.1f', 8)}  {cell(s.get('params'), ',d', 11)}")
+    lines += [f"failed: {o.run.name}: {o.error}" for o in outcomes if o.status == "failed"]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# The worker process (`--workers N`)
+
+
+def _worker_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m jaxmodels.scaling.sweep --worker")
+    parser.add_argument("--worker", action="store_true", required=True)
+    parser.add_argument("--workdir", required=True)
+    parser.add_argument("--config-json", required=True, help="the resolved config (config.json)")
+    parser.add_argument("--cpus", default=None, help="comma-separated CPU ids to run on")
+    args = parser.parse_args(argv)
+    if args.cpus:
+        # Before JAX starts: XLA's CPU thread pool is sized from the CPUs this process may use.
+        os.sched_setaffinity(0, {int(c) for c in args.cpus.split(",")})
+    try:
+        config = config_lib.from_dict(json.loads(args.config_json))
+        loop.train(config, args.workdir)
+    except UserError as e:
+        print(f"{_ERROR_PREFIX}{e}", file=sys.stderr)
+        return 2
+    except Exception as e:  # noqa: BLE001 - the traceback goes to the log, one line to the sweep
+        traceback.print_exc()
+        print(f"{_ERROR_PREFIX}{_one_line(e)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_worker_main(sys.argv[1:]))
