@@ -367,3 +367,47 @@ def test_resume_allows_safe_changes_and_refuses_shape_changes():
     assert not refused and len(allowed) == 3
     _, refused = resume.config_changes(a, C.to_dict(_config("train.steps=10", "model.hidden=(16,)")))
     assert refused == ["model.hidden: [32] -> [16]"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Every family resumes exactly: a Transformer and an LSTM language model (text windows) and a
+# BatchNorm CNN (mutable collections). In-process: a SIGTERM raised by the data stream at a
+# chosen step stops the run there, and a second call resumes it.
+
+FAMILIES = {
+    "transformer_lm": (ROOT / "experiments/configs/gpt_shakespeare.py", ["data.eval_split=validation"]),
+    "lstm_lm": (ROOT / "experiments/configs/lstm_shakespeare.py", ["data.eval_split=validation"]),
+    "bn_cnn": (ROOT / "experiments/configs/bn_cnn_mnist.py", ["model.dropout=0.2"]),
+}
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_each_family_resumes_bitwise_after_a_sigterm(family, tmp_path, monkeypatch):
+    path, extra = FAMILIES[family]
+    cfg = C.apply_overrides(C.load(path, tiny=True), [
+        *extra, "train.steps=10", "train.log_every=3", "train.eval_every=4",
+        "checkpoint.every_steps=none", "train.progress=false"])
+    reference = jaxmodels.train(cfg, tmp_path / "reference")
+
+    stream_class = type(tasks.build(cfg.data).train_batches(0))
+    real_next = stream_class.__next__
+
+    def next_then_signal(self):
+        batch = real_next(self)
+        if self.position == 5:  # the signal arrives while step 5 is being prepared
+            signal.raise_signal(signal.SIGTERM)
+        return batch
+
+    monkeypatch.setattr(stream_class, "__next__", next_then_signal)
+    with pytest.raises(RunStopped, match="stopped by SIGTERM after step 5"):
+        jaxmodels.train(cfg, tmp_path / "run")
+    monkeypatch.setattr(stream_class, "__next__", real_next)
+    assert _steps(tmp_path / "run") == [5]
+    resumed = jaxmodels.train(cfg, tmp_path / "run")
+    assert resumed["resumed_from"] == [5]
+    assert _records(tmp_path / "run") == _records(tmp_path / "reference")
+    for key in ("train_loss", "val_loss", "eval_loss", "eval_accuracy"):
+        assert resumed[key] == reference[key], key
+    a, b = _final_state(tmp_path / "reference", 10), _final_state(tmp_path / "run", 10)
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        assert np.array_equal(x, y)

@@ -328,10 +328,13 @@ def _resume(s: Setup, ckpt: checkpoint.Checkpoints, workdir: pathlib.Path, log):
     print(f"{s.config.name}: resuming from the checkpoint of step {restored.step} in "
           f"{ckpt.directory}" + (f" with changes: {'; '.join(allowed)}" if allowed else ""),
           file=log)
+    # Restored arrays may be views of host memory orbax read into (on CPU); the train step
+    # donates the state, so hand it buffers XLA allocated itself.
+    state = jax.tree.map(lambda x: x.copy(), restored.state)
     loop_state = LoopState.from_json(restored.loop)
     loop_state.resumed_from.append(restored.step)
     records = _read_records(workdir / "metrics.jsonl", restored.step)
-    return restored.state, loop_state, records
+    return state, loop_state, records
 
 
 def train(config: Config, workdir: str | os.PathLike, *, restart: bool = False) -> dict:
