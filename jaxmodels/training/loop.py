@@ -39,7 +39,7 @@ from jaxmodels.parallel import distributed
 from jaxmodels.parallel import mesh as mesh_lib
 from jaxmodels.parallel import rules as rules_lib
 from jaxmodels.parallel import sharding as sharding_lib
-from jaxmodels.training import checkpoint, optim, plots, tasks
+from jaxmodels.training import checkpoint, mup, optim, plots, tasks
 from jaxmodels.training import step as step_lib
 from jaxmodels.training.state import TrainState, abstract_variables, count_params, init_state
 
@@ -83,8 +83,9 @@ def setup(config: Config) -> Setup:
         raise UserError(f"optimizer.warmup_steps={opt.warmup_steps} is not below the {steps} training "
                         f"steps: lower it (e.g. optimizer.warmup_steps={steps // 10})")
     model = models.build(config.model)
-    tx, schedule = optim.make(config.optimizer, steps)
     example = jnp.asarray(task.example_inputs)
+    multipliers = mup.lr_multipliers(config.model, opt.name, model, example)
+    tx, schedule = optim.make(config.optimizer, steps, lr_multipliers=multipliers)
 
     c = compile_steps(model, tx, schedule, example, config.parallel, mesh, seed=config.train.seed,
                       microbatches=config.train.microbatches)
