@@ -5,7 +5,12 @@
   jaxmodels eval CONFIG [KEY=VALUE ...] --workdir DIR [--split test|validation]
   jaxmodels plan CONFIG [KEY=VALUE ...] [--device-memory 16GiB] [--no-compile]
   jaxmodels fit TABLE [--out FIT.json] [--plots DIR] [--bootstrap N]
+<<<<<<< HEAD
   jaxmodels sweep SWEEP_FILE [--workdir DIR] [--workers N] [--tiny] [--dry-run]
+=======
+  jaxmodels coordcheck CONFIG [KEY=VALUE ...] [--widths 64,128,...] [--steps 5] [--out DIR]
+                       [--compare]
+>>>>>>> h3
   jaxmodels sample --workdir DIR --prompt TEXT [--max-new-tokens N --temperature T --top-k K
                    --top-p P --seed S]
 
@@ -63,6 +68,16 @@ def _parser() -> argparse.ArgumentParser:
                       help="budget per device (e.g. 16GiB); exceeding it exits with status 2")
     plan.add_argument("--no-compile", action="store_true",
                       help="skip XLA's memory analysis of the compiled step (analytic only)")
+    coord = sub.add_parser("coordcheck", help="activation scale per layer against width over "
+                                               "the first steps (muP's coordinate check)")
+    common(coord, config_required=True)
+    coord.add_argument("--widths", default="64,128,256,512,1024",
+                       help="comma-separated widths (MLP hidden width, Transformer d_model)")
+    coord.add_argument("--steps", type=int, default=5, help="training steps to follow")
+    coord.add_argument("--out", default=None,
+                       help="folder for coordcheck.png/.json (default: runs/coordcheck_<name>)")
+    coord.add_argument("--compare", action="store_true",
+                       help="run the standard and the muP parametrization side by side")
     sub.add_parser("fit", add_help=False,
                    help="fit scaling laws to a CSV/JSONL table of params, tokens, loss "
                         "(jaxmodels fit --help)")
@@ -153,6 +168,12 @@ def main(argv: list[str] | None = None) -> int:
             if budget is not None:
                 plan_lib.check_budget(p, budget)
                 print(f"fits: {p.total / 2 ** 20:,.1f} MiB of {budget / 2 ** 20:,.1f} MiB per device")
+        elif args.command == "coordcheck":
+            from jaxmodels.scaling import coordcheck
+
+            coordcheck.run(config, widths=coordcheck.parse_widths(args.widths), steps=args.steps,
+                           out_dir=args.out or pathlib.Path("runs") / f"coordcheck_{config.name}",
+                           compare=args.compare)
         elif args.command == "train":
             from jaxmodels.parallel import distributed
 

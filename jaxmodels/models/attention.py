@@ -4,10 +4,11 @@ Shapes are written as suffixes: B batch, T query positions, S key positions, D m
 H query heads, K key/value heads (K divides H; K == H is multi-head, K == 1 multi-query), Dh head
 dim. Logical axis names: "embed" (D), "heads" (H), "kv" (K), "head_dim" (Dh).
 
-The softmax(QK^T/sqrt(Dh))V itself is `jax.nn.dot_product_attention`, so accelerators get their
-fused kernels (`implementation=None` picks XLA today; cuDNN where it applies). It takes K/V with
-fewer heads than Q and groups the query heads itself (checked on JAX 0.10), so grouped-query attention
-never materialises repeated K/V. It computes the logits and the softmax in float32 whatever the
+The softmax(QK^T/sqrt(Dh))V (under muP, QK^T times `config.attention_scale`) itself is
+`jax.nn.dot_product_attention`, so accelerators get their fused kernels (`implementation=None`
+picks XLA today; cuDNN where it applies). It takes K/V with fewer heads than Q and groups the
+query heads itself (checked on JAX 0.10), so grouped-query attention never materialises
+repeated K/V. It computes the logits and the softmax in float32 whatever the
 input dtype. It has no dropout on attention probabilities, so the blocks drop residual branches
 only.
 """
@@ -84,7 +85,8 @@ class Attention(nn.Module):
 
         q_BxTxHxDh = layers.constrain(q_BxTxHxDh, ("act_batch", None, "act_heads", None))
         out_BxTxHxDh = jax.nn.dot_product_attention(
-            q_BxTxHxDh, k_BxSxKxDh, v_BxSxKxDh, mask=mask, is_causal=causal)
+            q_BxTxHxDh, k_BxSxKxDh, v_BxSxKxDh, mask=mask, is_causal=causal,
+            scale=cfg.attention_scale)
         out_BxTxHxDh = layers.constrain(out_BxTxHxDh, ("act_batch", None, "act_heads", None))
 
         init = nn.initializers.lecun_normal(in_axis=(0, 1), out_axis=2)

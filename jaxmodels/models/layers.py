@@ -4,12 +4,13 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 
-def dense(features: int, axes: tuple[str, str], *, use_bias: bool = True, name: str | None = None) -> nn.Dense:
+def dense(features: int, axes: tuple[str, str], *, use_bias: bool = True, name: str | None = None,
+          kernel_init=nn.initializers.lecun_normal()) -> nn.Dense:
     """A Dense layer whose kernel is named `axes` (in, out) and whose bias is named `axes[1]`."""
     return nn.Dense(
         features,
         use_bias=use_bias,
-        kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), axes),
+        kernel_init=nn.with_logical_partitioning(kernel_init, axes),
         bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (axes[1],)),
         name=name,
     )

@@ -1,6 +1,7 @@
 """A multi-layer perceptron on flattened inputs. Shapes: B batch, F features, K classes."""
 
 import dataclasses
+from typing import Literal
 
 import flax.linen as nn
 import jax
@@ -11,16 +12,42 @@ from jaxmodels.models import layers
 @dataclasses.dataclass(frozen=True)
 class MLPConfig:
     kind = "mlp"
+    # Logical axes whose size is the width muP scales (jaxmodels/training/mup.py): the hidden
+    # units. "embed" here is the flattened input, fixed by the data.
+    width_axes = frozenset({"mlp"})
     num_classes: int = 10
     hidden: tuple[int, ...] = (256, 256)
     dropout: float = 0.0
+    # "mup": maximal update parametrization for Adam-family optimizers (Yang et al., 2022): the
+    # readout starts at zero and sees its input times base_width/width, and hidden matrices
+    # train at the learning rate times base_width/width (training/mup.py), so activations and
+    # the best learning rate stay put as the width grows. At width == base_width the same
+    # function of the same parameters as "standard", trained the same way; only the readout's
+    # zero init differs. The width is the hidden width; under mup every hidden layer has it.
+    parametrization: Literal["standard", "mup"] = "standard"
+    base_width: int = 256
+
+    @property
+    def width(self) -> int:
+        return self.hidden[-1] if self.hidden else 0
+
+    @property
+    def width_multiplier(self) -> float:
+        return self.width / self.base_width
+
+    def at_width(self, width: int) -> "MLPConfig":
+        """This config with every hidden layer `width` units wide (base_width unchanged)."""
+        return dataclasses.replace(self, hidden=(width,) * len(self.hidden))
 
     def problems(self):
-        out = layers.positive(self, "num_classes")
+        out = layers.positive(self, "num_classes", "base_width")
         if any(h <= 0 for h in self.hidden):
             out.append(("hidden", f"must hold positive widths, got {self.hidden}"))
         if not 0.0 <= self.dropout < 1.0:
             out.append(("dropout", f"must be in [0, 1), got {self.dropout}"))
+        if self.parametrization == "mup" and len(set(self.hidden)) != 1:
+            out.append(("hidden", f"must repeat one width under model.parametrization=mup (the "
+                                  f"width muP scales), got {self.hidden}: e.g. model.hidden=256,256"))
         return out
 
 
@@ -36,4 +63,13 @@ class MLP(nn.Module):
             x_BxF = nn.relu(layers.dense(width, (in_axis, "mlp"), name=f"dense{i}")(x_BxF))
             x_BxF = nn.Dropout(cfg.dropout, deterministic=not train)(x_BxF)
             in_axis = "mlp"
-        return layers.dense(cfg.num_classes, (in_axis, "classes"), name="head")(x_BxF)
+        if cfg.parametrization == "standard":
+            return layers.dense(cfg.num_classes, (in_axis, "classes"), name="head")(x_BxF)
+        # muP's readout: its input times 1/m, so that its plain-learning-rate Adam updates move
+        # the logits by O(1) at every width (an update aligned with x sums `width` terms), where
+        # the standard readout's move grows with the width. Zero-initialised as Tensor Programs
+        # V advises: a random readout's contribution W0 dx/m fades as 1/m, so the narrow
+        # models would otherwise differ from the wide ones by it.
+        head = layers.dense(cfg.num_classes, (in_axis, "classes"), name="head",
+                            kernel_init=nn.initializers.zeros)
+        return head(x_BxF * (cfg.base_width / cfg.width))

@@ -53,6 +53,48 @@ class TransformerCore:
     remat: bool = False
     dtype: Literal["float32", "bfloat16"] = "float32"
     param_dtype: Literal["float32", "bfloat16"] = "float32"
+    # "mup": maximal update parametrization for Adam-family optimizers (Yang et al., 2022): the
+    # readout sees its input times base_width/d_model (and starts at zero unless tied to the
+    # embedding), attention logits are q.k/Dh (times a constant that makes them q.k/sqrt(Dh) at
+    # base width) instead of q.k/sqrt(Dh), and hidden matrices train at the learning rate times
+    # base_width/d_model (training/mup.py). At d_model == base_width the same function of the
+    # same parameters as "standard", trained the same way; only a separate readout's zero init
+    # differs. The width is d_model; the MLP width (4 d_model, or d_ff scaled along) and the
+    # head dim grow with it, the number of heads is fixed.
+    parametrization: Literal["standard", "mup"] = "standard"
+    base_width: int = 128
+
+    # Logical axes whose size grows with the width (see parametrization); "heads", "kv",
+    # "vocab", "max_len", "patch" and "classes" do not.
+    width_axes = frozenset({"embed", "mlp", "head_dim"})
+
+    @property
+    def width(self) -> int:
+        return self.d_model
+
+    @property
+    def width_multiplier(self) -> float:
+        return self.d_model / self.base_width
+
+    @property
+    def readout_scale(self) -> float | None:
+        """muP's factor on the readout's input (base_width / d_model); None under standard."""
+        return self.base_width / self.d_model if self.parametrization == "mup" else None
+
+    @property
+    def attention_scale(self) -> float | None:
+        """The factor on q.k: None (1/sqrt(Dh), the default) under standard; under muP
+        sqrt(Dh0)/Dh with Dh0 = base_width/num_heads the head dim at base width, so logits
+        stay O(1) when q and k become correlated in training (which 1/sqrt(Dh) does not)."""
+        if self.parametrization == "standard":
+            return None
+        return (self.base_width / self.num_heads) ** 0.5 / self.head_dim
+
+    def at_width(self, width: int):
+        """This config at d_model=`width`: heads fixed (head dim scaled), an explicit d_ff
+        scaled by the same factor, base_width unchanged."""
+        d_ff = None if self.d_ff is None else max(1, round(self.d_ff * width / self.d_model))
+        return dataclasses.replace(self, d_model=width, d_ff=d_ff)
 
     @property
     def kv_heads(self) -> int:
@@ -71,7 +113,7 @@ class TransformerCore:
         return 8 * -(-self.d_model // 3)  # 8/3 * d_model rounded up to a multiple of 8
 
     def problems(self):
-        out = layers.positive(self, "num_layers", "num_heads", "d_model", "max_len")
+        out = layers.positive(self, "num_layers", "num_heads", "d_model", "max_len", "base_width")
         out += [(n, f"must be positive or none, got {getattr(self, n)}")
                 for n in ("num_kv_heads", "d_ff") if getattr(self, n) is not None and getattr(self, n) <= 0]
         if out:
@@ -257,6 +299,12 @@ class Stack(nn.Module):
         return _norm(cfg, "final_norm")(x_BxTxD), kv
 
 
+def _readout_init(cfg: TransformerCore):
+    # muP zero-initialises a separate readout (Tensor Programs V): a random one's contribution
+    # fades as 1/m behind the readout multiplier, so narrow and wide models would differ by it.
+    return nn.initializers.lecun_normal() if cfg.parametrization == "standard" else nn.initializers.zeros
+
+
 class ClassHead(nn.Module):
     """A dense layer from pooled features to float32 class logits."""
 
@@ -265,9 +313,11 @@ class ClassHead(nn.Module):
     @nn.compact
     def __call__(self, x_BxD: jax.Array) -> jax.Array:
         cfg = self.config
-        w_DxN = _param(self, "kernel", nn.initializers.lecun_normal(), ("embed", "classes"),
+        w_DxN = _param(self, "kernel", _readout_init(cfg), ("embed", "classes"),
                        (cfg.d_model, cfg.num_classes))
         b_N = _param(self, "bias", nn.initializers.zeros, ("classes",), (cfg.num_classes,))
+        if cfg.readout_scale is not None:
+            x_BxD = x_BxD * cfg.readout_scale  # muP's readout multiplier (see MLP for why)
         # The classes are few: the head is cheap in float32, and the logits need it anyway.
         logits_BxN = jnp.einsum("bd,dn->bn", x_BxD.astype(jnp.float32), w_DxN.astype(jnp.float32))
         return logits_BxN + b_N.astype(jnp.float32)[None, :]
@@ -335,7 +385,7 @@ class TransformerLM(nn.Module):
         self.embed_dropout = nn.Dropout(cfg.dropout)
         self.stack = Stack(cfg)
         if not cfg.tie_embeddings:
-            self.head = _param(self, "head", nn.initializers.lecun_normal(), ("embed", "vocab"),
+            self.head = _param(self, "head", _readout_init(cfg), ("embed", "vocab"),
                                (cfg.d_model, cfg.vocab_size))
 
     def __call__(self, tokens_BxT: jax.Array, *, train: bool = False) -> jax.Array:
@@ -387,6 +437,10 @@ class TransformerLM(nn.Module):
         # Accumulated and returned in float32: nn.Embed.attend would round the logits to the
         # compute dtype, and bfloat16 logits of a large vocabulary are too coarse for the loss.
         w_DxV = self.embed.embedding.T if self.config.tie_embeddings else self.head
+        if self.config.readout_scale is not None:
+            # muP's readout multiplier. Tied, the embedding keeps its width-independent init and
+            # plain learning rate as an input weight; as the readout it is seen through 1/m.
+            x_BxTxD = x_BxTxD * self.config.readout_scale
         logits_BxTxV = jnp.einsum("btd,dv->btv", x_BxTxD, w_DxV.astype(x_BxTxD.dtype),
                                   preferred_element_type=jnp.float32)
         return logits_BxTxV, kv

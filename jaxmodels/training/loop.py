@@ -52,7 +52,7 @@ from jaxmodels.parallel import sharding as sharding_lib
 # the cli -> scaling -> training direction around.
 from jaxmodels.scaling import flops as flops_lib
 from jaxmodels.scaling import hardware, results
-from jaxmodels.training import checkpoint, optim, plots, resume, tasks
+from jaxmodels.training import checkpoint, mup, optim, plots, resume, tasks
 from jaxmodels.training import step as step_lib
 from jaxmodels.training.state import TrainState, abstract_variables, count_params, init_state
 
@@ -96,8 +96,9 @@ def setup(config: Config) -> Setup:
         raise UserError(f"optimizer.warmup_steps={opt.warmup_steps} is not below the {steps} training "
                         f"steps: lower it (e.g. optimizer.warmup_steps={steps // 10})")
     model = models.build(config.model)
-    tx, schedule = optim.make(config.optimizer, steps)
     example = jnp.asarray(task.example_inputs)
+    multipliers = mup.lr_multipliers(config.model, opt.name, model, example)
+    tx, schedule = optim.make(config.optimizer, steps, lr_multipliers=multipliers)
 
     t = config.train
     c = compile_steps(model, tx, schedule, example, config.parallel, mesh, seed=t.seed,

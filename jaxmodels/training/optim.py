@@ -2,7 +2,9 @@
 
 Each optimizer is one small factory in the `OPTIMIZERS` dict; clipping is composed in front with
 `optax.chain`. The schedule is returned too, so the train step can report the learning rate it
-used without reaching into optimizer state.
+used without reaching into optimizer state. Per-parameter learning-rate multipliers (muP,
+`training/mup.py`) are one more link in the chain, placed by the factory: before the decoupled
+weight decay of adamw and lion, so that the decay is not rescaled with them.
 """
 
 from collections.abc import Callable
@@ -12,6 +14,7 @@ import jax.numpy as jnp
 import optax
 
 from jaxmodels.config import OptimizerConfig
+from jaxmodels.training.mup import scale_by_multipliers
 
 Schedule = Callable[[jax.Array], jax.Array]
 
@@ -55,29 +58,48 @@ def decay_mask(params) -> object:
     return jax.tree.map(lambda p: jnp.ndim(p) > 1, params)
 
 
-def _sgd(cfg: OptimizerConfig, lr: Schedule) -> optax.GradientTransformation:
-    return optax.sgd(lr, momentum=cfg.momentum or None, nesterov=cfg.nesterov)
+def _multiplied(multipliers) -> list[optax.GradientTransformation]:
+    return [] if multipliers is None else [scale_by_multipliers(multipliers)]
 
 
-def _adam(cfg: OptimizerConfig, lr: Schedule) -> optax.GradientTransformation:
-    return optax.adam(lr, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps)
+def _then_multiplied(tx: optax.GradientTransformation, multipliers) -> optax.GradientTransformation:
+    # Without multipliers `tx` itself, not a one-link chain: the optimizer state keeps its
+    # structure (checkpoints, sharding specs).
+    return tx if multipliers is None else optax.chain(tx, scale_by_multipliers(multipliers))
 
 
-def _adamw(cfg: OptimizerConfig, lr: Schedule) -> optax.GradientTransformation:
-    return optax.adamw(lr, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay,
-                       mask=decay_mask)
+def _sgd(cfg: OptimizerConfig, lr: Schedule, multipliers=None) -> optax.GradientTransformation:
+    return _then_multiplied(optax.sgd(lr, momentum=cfg.momentum or None, nesterov=cfg.nesterov),
+                            multipliers)
 
 
-def _lion(cfg: OptimizerConfig, lr: Schedule) -> optax.GradientTransformation:
-    return optax.lion(lr, b1=cfg.b1, b2=cfg.b2, weight_decay=cfg.weight_decay, mask=decay_mask)
+def _adam(cfg: OptimizerConfig, lr: Schedule, multipliers=None) -> optax.GradientTransformation:
+    return _then_multiplied(optax.adam(lr, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps), multipliers)
 
 
-def _adafactor(cfg: OptimizerConfig, lr: Schedule) -> optax.GradientTransformation:
-    return optax.adafactor(lr, weight_decay_rate=cfg.weight_decay or None,
-                           weight_decay_mask=decay_mask)
+def _decoupled(direction: optax.GradientTransformation, cfg: OptimizerConfig, lr: Schedule,
+               multipliers) -> optax.GradientTransformation:
+    """direction, [multipliers], + weight_decay x params (matrices only), x -lr: the chain
+    optax.adamw and optax.lion build, with room for the multipliers before the decay."""
+    return optax.chain(direction, *_multiplied(multipliers),
+                       optax.add_decayed_weights(cfg.weight_decay, decay_mask),
+                       optax.scale_by_learning_rate(lr))
 
 
-OPTIMIZERS: dict[str, Callable[[OptimizerConfig, Schedule], optax.GradientTransformation]] = {
+def _adamw(cfg: OptimizerConfig, lr: Schedule, multipliers=None) -> optax.GradientTransformation:
+    return _decoupled(optax.scale_by_adam(b1=cfg.b1, b2=cfg.b2, eps=cfg.eps), cfg, lr, multipliers)
+
+
+def _lion(cfg: OptimizerConfig, lr: Schedule, multipliers=None) -> optax.GradientTransformation:
+    return _decoupled(optax.scale_by_lion(b1=cfg.b1, b2=cfg.b2), cfg, lr, multipliers)
+
+
+def _adafactor(cfg: OptimizerConfig, lr: Schedule, multipliers=None) -> optax.GradientTransformation:
+    return _then_multiplied(optax.adafactor(lr, weight_decay_rate=cfg.weight_decay or None,
+                                            weight_decay_mask=decay_mask), multipliers)
+
+
+OPTIMIZERS: dict[str, Callable[..., optax.GradientTransformation]] = {
     "sgd": _sgd,
     "adam": _adam,
     "adamw": _adamw,
@@ -86,10 +108,15 @@ OPTIMIZERS: dict[str, Callable[[OptimizerConfig, Schedule], optax.GradientTransf
 }
 
 
-def make(cfg: OptimizerConfig, total_steps: int) -> tuple[optax.GradientTransformation, Schedule]:
-    """The optimizer (clipping first, if asked) and its learning-rate schedule."""
+def make(cfg: OptimizerConfig, total_steps: int, lr_multipliers=None
+         ) -> tuple[optax.GradientTransformation, Schedule]:
+    """The optimizer (clipping first, if asked) and its learning-rate schedule.
+
+    `lr_multipliers`: a params-shaped tree of floats scaling each parameter's learning rate
+    (`mup.lr_multipliers`); None leaves the optimizer exactly as without it.
+    """
     schedule = SCHEDULES[cfg.schedule](cfg, total_steps)
-    tx = OPTIMIZERS[cfg.name](cfg, schedule)
+    tx = OPTIMIZERS[cfg.name](cfg, schedule, lr_multipliers)
     if cfg.grad_clip_norm is not None:
         tx = optax.chain(optax.clip_by_global_norm(cfg.grad_clip_norm), tx)
     return tx, schedule
