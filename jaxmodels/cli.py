@@ -5,12 +5,9 @@
   jaxmodels eval CONFIG [KEY=VALUE ...] --workdir DIR [--split test|validation]
   jaxmodels plan CONFIG [KEY=VALUE ...] [--device-memory 16GiB] [--no-compile]
   jaxmodels fit TABLE [--out FIT.json] [--plots DIR] [--bootstrap N]
-<<<<<<< HEAD
   jaxmodels sweep SWEEP_FILE [--workdir DIR] [--workers N] [--tiny] [--dry-run]
-=======
   jaxmodels coordcheck CONFIG [KEY=VALUE ...] [--widths 64,128,...] [--steps 5] [--out DIR]
                        [--compare]
->>>>>>> h3
   jaxmodels sample --workdir DIR --prompt TEXT [--max-new-tokens N --temperature T --top-k K
                    --top-p P --seed S]
 
