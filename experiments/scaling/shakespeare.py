@@ -8,7 +8,7 @@
   Tiny:     --tiny trains 2 sizes x 2 budgets for a few dozen steps each (a minute).
 
 Six model sizes, 12k to 789k non-embedding parameters (63x), each trained at three compute
-budgets (C = 6e11, 1.8e12, 5.4e12 FLOPs). A run's number of tokens is its budget divided by its
+budgets (C = 3e11, 6e11, 1.8e12 FLOPs). A run's number of tokens is its budget divided by its
 analytic training FLOPs per token (jaxmodels.scaling.flops: forward and backward matmuls, the
 causal half of attention, the output head), so every run at one budget costs the same FLOPs and
 the IsoFLOP curves compare like with like. Everything else is the gpt_shakespeare recipe (RoPE,
@@ -25,7 +25,7 @@ from jaxmodels.scaling.sweep import Sweep
 
 # (layers, d_model, heads): head size 16 to 32, d_ff = 4 d_model.
 SIZES = ((1, 32, 2), (2, 32, 2), (2, 48, 3), (2, 64, 4), (3, 96, 4), (4, 128, 4))
-BUDGETS = (6e11, 1.8e12, 5.4e12)  # training FLOPs per run
+BUDGETS = (3e11, 6e11, 1.8e12)  # training FLOPs per run
 BATCH, SEQ_LEN = 16, 64
 VOCAB = 85  # the character vocabulary of the Shakespeare train split (what the tokenizer finds)
 

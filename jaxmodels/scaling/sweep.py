@@ -68,7 +68,7 @@ import tqdm
 import tqdm.contrib
 
 from jaxmodels import config as config_lib
-from jaxmodels.errors import ConfigError, UserError
+from jaxmodels.errors import ConfigError, RunStopped, UserError
 from jaxmodels.scaling import results
 from jaxmodels.training import loop
 
@@ -371,6 +371,10 @@ def _train_here(run: Run, log_dir: pathlib.Path, bar_file) -> Outcome:
     try:
         with contextlib.redirect_stderr(tqdm.contrib.DummyTqdmFile(bar_file)):
             summary = loop.train(run.config, run.workdir)
+    except RunStopped:
+        # A signal (SIGTERM, Ctrl-C) stops the sweep, not just this run: its checkpoint is
+        # saved and a relaunch resumes it.
+        raise
     except Exception as e:  # noqa: BLE001 - one failed run must not stop the others
         if not isinstance(e, UserError):
             log_dir.mkdir(exist_ok=True)
