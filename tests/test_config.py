@@ -1,6 +1,7 @@
 """Typed configs: overrides, validation errors, files, JSON round trip."""
 
 import dataclasses
+import os
 import pathlib
 import subprocess
 import sys
@@ -134,17 +135,26 @@ def test_cli_config_errors_exit_2_with_one_line_and_no_traceback(tmp_path):
     assert not (tmp_path / "run").exists()  # nothing is created before the config is valid
 
 
-def test_importing_jaxmodels_has_no_side_effects():
+def test_importing_jaxmodels_has_no_side_effects(tmp_path):
+    modules = ("jaxmodels, jaxmodels.cli, jaxmodels.training.loop, jaxmodels.training.checkpoint, "
+               "jaxmodels.training.resume, jaxmodels.training.mup, jaxmodels.data, jaxmodels.generate, "
+               "jaxmodels.scaling.fit, jaxmodels.scaling.flops, jaxmodels.scaling.hardware, "
+               "jaxmodels.scaling.results, jaxmodels.scaling.sweep, jaxmodels.scaling.packed, "
+               "jaxmodels.scaling.coordcheck")
     code = (
         "import os, jax\n"
         "env = dict(os.environ)\n"
         "flags = {k: getattr(jax.config, k) for k in ('jax_enable_x64', 'jax_default_matmul_precision', 'jax_platforms', 'jax_numpy_rank_promotion')}\n"
-        "import jaxmodels, jaxmodels.cli, jaxmodels.training.loop, jaxmodels.data, jaxmodels.generate, jaxmodels.scaling.fit\n"
+        f"import {modules}\n"
         "assert dict(os.environ) == env\n"
         "assert flags == {k: getattr(jax.config, k) for k in flags}\n"
         "from jax._src import xla_bridge\n"
         "assert not xla_bridge._backends, 'importing initialised a JAX backend'\n"
         "print('clean')\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    # The CPU peak cache is written only when a peak is asked for, never on import.
+    cache = tmp_path / "cache"
+    env = {**os.environ, "JAXMODELS_CACHE_DIR": str(cache)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, env=env)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "clean"
+    assert not cache.exists()

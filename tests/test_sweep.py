@@ -17,7 +17,7 @@ import pytest
 
 from jaxmodels import cli
 from jaxmodels import config as C
-from jaxmodels.errors import ConfigError
+from jaxmodels.errors import ConfigError, RunStopped
 from jaxmodels.scaling import results, sweep
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -271,6 +271,18 @@ def test_failed_runs_are_reported_the_rest_still_train_and_the_exit_status_is_1(
     table = list(csv.DictReader((tmp_path / "out/sweep.csv").open()))
     assert [(r["run"], r["status"], r["error"][:9]) for r in table] == [
         ("seed=3", "failed", "optimizer"), ("seed=4", "failed", "RuntimeEr"), ("seed=5", "trained", "")]
+
+
+def test_a_signal_stops_the_whole_sweep_with_the_runs_exit_status(tmp_path, capsys, monkeypatch):
+    # SIGTERM during run seed=4: its checkpoint is saved by the loop, and the sweep must stop
+    # there (a preempted job) rather than mark it failed and train seed=5.
+    stopped = RunStopped("stopped by SIGTERM after step 3: checkpoint saved in x; run the same command to resume",
+                         exit_code=143)
+    monkeypatch.setattr(sweep.loop, "train", fake := FakeTrain({"seed=4": stopped}))
+    path = write_sweep(tmp_path, 'grid({"train.seed": [3, 4, 5]})')
+    assert cli.main(["sweep", str(path), "--workdir", str(tmp_path / "out")]) == 143
+    assert fake.trained == ["seed=3", "seed=4"]
+    assert "stopped by SIGTERM after step 3" in capsys.readouterr().err
 
 
 def test_worker_processes_give_the_sequential_results_and_report_failures(first_sweep, tmp_path, monkeypatch):

@@ -14,7 +14,6 @@ import dataclasses
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
 from jaxmodels.models import layers
 

@@ -10,7 +10,6 @@ micro-batch accumulation equals one big batch.
 """
 
 from collections.abc import Callable
-from typing import Any
 
 import flax.linen as nn
 import jax
