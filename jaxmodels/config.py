@@ -354,30 +354,39 @@ def apply_overrides(config: Config, overrides: list[str] | tuple[str, ...]) -> C
 # Files and JSON.
 
 
-def load(path: str | pathlib.Path, *, tiny: bool = False) -> Config:
-    """Runs an experiment file and returns its `get_config(tiny=...)`."""
+def run_file(path: str | pathlib.Path, function: str, *, kind: str, example: str, tiny: bool,
+             returns: str):
+    """Executes a Python file (an experiment or a sweep file) and returns `function(tiny=tiny)`.
+    Anything that goes wrong in the user's code is one ConfigError line naming the file; a
+    ConfigError the file raises itself passes through as it is."""
     path = pathlib.Path(path)
     if not path.is_file():
-        raise ConfigError(f"config file {str(path)!r} not found: pass a path such as experiments/configs/seed_cnn_mnist.py")
-    spec = importlib.util.spec_from_file_location(f"jaxmodels_experiment_{path.stem}", path)
+        raise ConfigError(f"{kind} file {str(path)!r} not found: pass a path such as {example}")
+    spec = importlib.util.spec_from_file_location(f"jaxmodels_{kind}_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
     try:
         spec.loader.exec_module(module)
     except ConfigError:
         raise
     except SyntaxError as e:
-        raise ConfigError(f"config file {str(path)!r} does not parse: line {e.lineno}: {e.msg}") from None
+        raise ConfigError(f"{kind} file {str(path)!r} does not parse: line {e.lineno}: {e.msg}") from None
     except Exception as e:  # noqa: BLE001 - any failure in user code becomes one line
-        raise ConfigError(f"config file {str(path)!r} failed to run: {type(e).__name__}: {e}") from None
-    get_config = getattr(module, "get_config", None)
-    if not callable(get_config):
-        raise ConfigError(f"config file {str(path)!r} has no get_config(tiny=False) function returning a jaxmodels Config")
+        raise ConfigError(f"{kind} file {str(path)!r} failed to run: {type(e).__name__}: {e}") from None
+    fn = getattr(module, function, None)
+    if not callable(fn):
+        raise ConfigError(f"{kind} file {str(path)!r} has no {function}(tiny=False) function returning {returns}")
     try:
-        config = get_config(tiny=tiny)
+        return fn(tiny=tiny)
     except ConfigError:
         raise
-    except Exception as e:  # noqa: BLE001 - as above: a bug in the experiment file, one line
-        raise ConfigError(f"get_config() in {str(path)!r} failed to run: {type(e).__name__}: {e}") from None
+    except Exception as e:  # noqa: BLE001 - as above: a bug in the file, one line
+        raise ConfigError(f"{function}() in {str(path)!r} failed to run: {type(e).__name__}: {e}") from None
+
+
+def load(path: str | pathlib.Path, *, tiny: bool = False) -> Config:
+    """Runs an experiment file and returns its `get_config(tiny=...)`."""
+    config = run_file(path, "get_config", kind="config", example="experiments/configs/seed_cnn_mnist.py",
+                      tiny=tiny, returns="a jaxmodels Config")
     if not isinstance(config, Config):
         raise ConfigError(f"get_config() in {str(path)!r} returned {type(config).__name__}, expected jaxmodels.config.Config")
     return config

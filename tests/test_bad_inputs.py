@@ -96,19 +96,15 @@ def test_bad_input_is_one_line_exit_2_and_touches_nothing(case, finished_run, tm
     assert _snapshot(finished_run) == before
 
 
-def test_config_file_that_does_not_parse(finished_run, tmp_path, capsys):
-    path = _write(tmp_path, "broken.py", "def get_config(tiny=False:\n    return None\n")
+@pytest.mark.parametrize("text,expected", [
+    ("def get_config(tiny=False:\n    return None\n", "bad.py' does not parse: line 1"),
+    ("def get_config(tiny=False):\n    return 1 / 0\n", "failed to run: ZeroDivisionError"),
+])
+def test_config_file_that_does_not_parse_or_raises(text, expected, finished_run, tmp_path, capsys):
+    path = _write(tmp_path, "bad.py", text)
     before = _snapshot(finished_run)
     assert cli.main(["train", path, "--workdir", str(finished_run)]) == 2
-    assert "broken.py' does not parse: line 1" in capsys.readouterr().err
-    assert _snapshot(finished_run) == before
-
-
-def test_config_file_that_raises(finished_run, tmp_path, capsys):
-    path = _write(tmp_path, "raises.py", "def get_config(tiny=False):\n    return 1 / 0\n")
-    before = _snapshot(finished_run)
-    assert cli.main(["train", path, "--workdir", str(finished_run)]) == 2
-    assert "failed to run: ZeroDivisionError" in capsys.readouterr().err
+    assert expected in capsys.readouterr().err
     assert _snapshot(finished_run) == before
 
 

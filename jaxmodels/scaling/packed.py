@@ -187,10 +187,7 @@ def setup(config: Config, variants: Sequence[Variant]) -> PackedSetup:
     steps_per_epoch = task.train_size / config.data.batch_size
     total = loop.total_steps(config.train, steps_per_epoch)
     opt = config.optimizer
-    # The check loop.setup makes, so a packed sweep refuses what a separate run would refuse.
-    if opt.schedule != "constant" and opt.warmup_steps >= total:
-        raise UserError(f"optimizer.warmup_steps={opt.warmup_steps} is not below the {total} "
-                        f"training steps: lower it (e.g. optimizer.warmup_steps={total // 10})")
+    loop.check_warmup(opt, total)  # a packed sweep refuses what a separate run would
     model = models.build(config.model)
     example = jnp.asarray(task.example_inputs)
     unit = unit_schedule(opt, total)

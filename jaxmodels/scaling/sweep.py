@@ -48,7 +48,6 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import hashlib
-import importlib.util
 import itertools
 import json
 import numbers
@@ -150,27 +149,14 @@ def zip_runs(axes: Mapping[str, Sequence[Value]]) -> list[dict[str, Value]]:
 def load(path: str | os.PathLike, *, tiny: bool = False) -> Sweep:
     """Runs a sweep file and returns its `get_sweep(tiny=...)`; problems are one-line errors."""
     path = pathlib.Path(path)
-    if not path.is_file():
-        raise ConfigError(f"sweep file {str(path)!r} not found: pass a path such as experiments/sweeps/mlp_width_digits.py")
-    spec = importlib.util.spec_from_file_location(f"jaxmodels_sweep_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
     try:
-        spec.loader.exec_module(module)
+        sweep = config_lib.run_file(path, "get_sweep", kind="sweep",
+                                    example="experiments/sweeps/mlp_width_digits.py", tiny=tiny,
+                                    returns="a jaxmodels Sweep")
     except ConfigError as e:
-        raise ConfigError(f"sweep file {str(path)!r}: {e}") from None
-    except SyntaxError as e:
-        raise ConfigError(f"sweep file {str(path)!r} does not parse: line {e.lineno}: {e.msg}") from None
-    except Exception as e:  # noqa: BLE001 - any failure in user code becomes one line
-        raise ConfigError(f"sweep file {str(path)!r} failed to run: {type(e).__name__}: {e}") from None
-    get_sweep = getattr(module, "get_sweep", None)
-    if not callable(get_sweep):
-        raise ConfigError(f"sweep file {str(path)!r} has no get_sweep(tiny=False) function returning a jaxmodels Sweep")
-    try:
-        sweep = get_sweep(tiny=tiny)
-    except ConfigError as e:
-        raise ConfigError(f"sweep file {str(path)!r}: {e}") from None
-    except Exception as e:  # noqa: BLE001
-        raise ConfigError(f"get_sweep() in {str(path)!r} failed: {type(e).__name__}: {e}") from None
+        # Errors of the file itself already name it; those raised by Sweep(...) get its name.
+        message = str(e)
+        raise ConfigError(message if str(path) in message else f"sweep file {str(path)!r}: {message}") from None
     if not isinstance(sweep, Sweep):
         raise ConfigError(f"get_sweep() in {str(path)!r} returned {type(sweep).__name__}, expected jaxmodels.scaling.sweep.Sweep")
     return sweep

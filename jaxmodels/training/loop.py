@@ -82,6 +82,13 @@ def total_steps(train_cfg: config_lib.TrainConfig, steps_per_epoch: float) -> in
     return max(1, math.ceil(train_cfg.epochs * steps_per_epoch - 1e-9))
 
 
+def check_warmup(opt: config_lib.OptimizerConfig, steps: int) -> None:
+    """A decaying schedule needs its warmup to end before the run does."""
+    if opt.schedule != "constant" and opt.warmup_steps >= steps:
+        raise UserError(f"optimizer.warmup_steps={opt.warmup_steps} is not below the {steps} training "
+                        f"steps: lower it (e.g. optimizer.warmup_steps={steps // 10})")
+
+
 def setup(config: Config) -> Setup:
     # Mesh mistakes are cheap to find: report them before loading data or compiling anything.
     mesh = mesh_lib.make_mesh(config.parallel)
@@ -92,9 +99,7 @@ def setup(config: Config) -> Setup:
     steps = total_steps(config.train, steps_per_epoch)
 
     opt = config.optimizer
-    if opt.schedule != "constant" and opt.warmup_steps >= steps:
-        raise UserError(f"optimizer.warmup_steps={opt.warmup_steps} is not below the {steps} training "
-                        f"steps: lower it (e.g. optimizer.warmup_steps={steps // 10})")
+    check_warmup(opt, steps)
     model = models.build(config.model)
     example = jnp.asarray(task.example_inputs)
     multipliers = mup.lr_multipliers(config.model, opt.name, model, example)
