@@ -367,6 +367,13 @@ def test_resume_allows_safe_changes_and_refuses_shape_changes():
     assert not refused and len(allowed) == 3
     _, refused = resume.config_changes(a, C.to_dict(_config("train.steps=10", "model.hidden=(16,)")))
     assert refused == ["model.hidden: [32] -> [16]"]
+    # A checkpoint written before a config field existed resumes when the field is at its default.
+    older = json.loads(json.dumps(a))
+    del older["model"]["parametrization"], older["train"]["spike_window"]
+    assert resume.check_resume(older, a, "w", 10) == []
+    with pytest.raises(UserError, match=r"model.parametrization: 'standard' -> 'mup'"):
+        resume.check_resume(older, C.to_dict(_config("train.steps=10", "model.parametrization=mup",
+                                                     "model.base_width=32")), "w", 10)
 
 
 # ---------------------------------------------------------------------------------------------

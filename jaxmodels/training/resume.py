@@ -9,7 +9,8 @@ naming the key.
 
 from __future__ import annotations
 
-from jaxmodels.errors import UserError
+from jaxmodels import config as config_lib
+from jaxmodels.errors import ConfigError, UserError
 
 # Dotted keys (or section prefixes ending in ".") that a resume may change.
 SAFE = (
@@ -53,9 +54,19 @@ def config_changes(saved: dict, current: dict) -> tuple[list[str], list[str]]:
     return allowed, refused
 
 
+def _with_defaults(saved: dict) -> dict:
+    """`saved` read back through the current config classes, so a field added to jaxmodels
+    after the checkpoint was written counts as its default (which is what the run used),
+    not as a change. A config this version cannot read is compared as it is."""
+    try:
+        return config_lib.to_dict(config_lib.from_dict(saved))
+    except (ConfigError, TypeError, ValueError):
+        return saved
+
+
 def check_resume(saved: dict, current: dict, workdir, step: int) -> list[str]:
     """The allowed changes (for the log); a UserError when any change breaks the run."""
-    allowed, refused = config_changes(saved, current)
+    allowed, refused = config_changes(_with_defaults(saved), current)
     if refused:
         shown = "; ".join(refused[:3]) + (f" (and {len(refused) - 3} more)" if len(refused) > 3 else "")
         raise UserError(f"the checkpoint at step {step} in {str(workdir)!r} was trained with another "
