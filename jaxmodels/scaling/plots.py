@@ -23,6 +23,9 @@ def _figure(ncols: int = 1) -> tuple[Figure, list]:
 def _finish(fig: Figure, axes, path: pathlib.Path) -> pathlib.Path:
     for ax in axes:
         ax.grid(alpha=0.3, which="both")
+        if ax.get_xscale() == "log":
+            # Within a decade matplotlib labels every minor tick too, and they collide.
+            ax.xaxis.set_minor_formatter(ticker.NullFormatter())
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
     fig.tight_layout()
