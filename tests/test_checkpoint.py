@@ -39,7 +39,7 @@ MLP = ROOT / "experiments/configs/mlp_mnist.py"
 RUN = [str(MLP), "--tiny", "data.dataset=digits", "train.steps=45", "train.eval_every=none",
        "train.log_every=5", "optimizer.schedule=warmup_cosine", "optimizer.warmup_steps=5",
        "model.dropout=0.1", "checkpoint.every_steps=1", "checkpoint.keep=2"]
-TIMING = ("examples_per_sec", "tokens_per_sec", "mfu")
+TIMING = ("examples_per_sec", "tokens_per_sec", "mfu", "hfu")
 
 
 def _env():
@@ -77,6 +77,10 @@ def _wait_for_checkpoint(workdir, at_least: int, proc, timeout=120.0):
 def _records(workdir):
     lines = (pathlib.Path(workdir) / "metrics.jsonl").read_text().splitlines()
     return [{k: v for k, v in json.loads(line).items() if k not in TIMING} for line in lines]
+
+
+def _records_with_timing(workdir):
+    return [json.loads(line) for line in (pathlib.Path(workdir) / "metrics.jsonl").read_text().splitlines()]
 
 
 def _summary_numbers(workdir):
@@ -382,7 +386,9 @@ def test_resume_allows_safe_changes_and_refuses_shape_changes():
 # chosen step stops the run there, and a second call resumes it.
 
 FAMILIES = {
-    "transformer_lm": (ROOT / "experiments/configs/gpt_shakespeare.py", ["data.eval_split=validation"]),
+    # With remat, which must not change a value, and makes hardware FLOPs exceed model FLOPs.
+    "transformer_lm": (ROOT / "experiments/configs/gpt_shakespeare.py",
+                       ["data.eval_split=validation", "model.remat=true"]),
     "lstm_lm": (ROOT / "experiments/configs/lstm_shakespeare.py", ["data.eval_split=validation"]),
     "bn_cnn": (ROOT / "experiments/configs/bn_cnn_mnist.py", ["model.dropout=0.2"]),
 }
@@ -412,6 +418,9 @@ def test_each_family_resumes_bitwise_after_a_sigterm(family, tmp_path, monkeypat
     assert _steps(tmp_path / "run") == [5]
     resumed = jaxmodels.train(cfg, tmp_path / "run")
     assert resumed["resumed_from"] == [5]
+    if cfg.model.kind == "transformer_lm":
+        assert resumed["hfu"] > resumed["mfu"] > 0
+        assert all(r["hfu"] > r["mfu"] for r in _records_with_timing(tmp_path / "run") if "mfu" in r)
     assert _records(tmp_path / "run") == _records(tmp_path / "reference")
     for key in ("train_loss", "val_loss", "eval_loss", "eval_accuracy"):
         assert resumed[key] == reference[key], key

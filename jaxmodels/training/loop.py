@@ -485,6 +485,8 @@ def _train(s: Setup, ckpt: checkpoint.Checkpoints, workdir: pathlib.Path, main: 
                     util = _utilisation(acc, peak, interval_examples, elapsed, n_devices)
                     if util["mfu"] is not None:
                         record["mfu"] = util["mfu"]
+                        if util["hfu"] != util["mfu"]:  # remat recomputes part of the forward
+                            record["hfu"] = util["hfu"]
                     if s.task.tokens_per_example > 1:
                         record["tokens_per_sec"] = record["examples_per_sec"] * s.task.tokens_per_example
                     ls.pending, interval_examples = [], 0
