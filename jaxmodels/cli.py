@@ -115,6 +115,12 @@ def _resolve(args) -> config_lib.Config:
     return config_lib.apply_overrides(config, overrides)
 
 
+def _quiet_closed_loop(unraisable) -> None:
+    if isinstance(unraisable.exc_value, RuntimeError) and "Event loop is closed" in str(unraisable.exc_value):
+        return
+    sys.__unraisablehook__(unraisable)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["fit"]:
@@ -131,8 +137,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(stray)}")
     if not args.debug:
         # orbax logs a background save's failure with its traceback through absl before the
-        # loop turns it into a one-line error; keep tracebacks for --debug.
+        # loop turns it into a one-line error, and its asyncio loop may then report a callback
+        # on the closed loop as an "Exception ignored" traceback; keep both for --debug.
         logging.getLogger("absl").setLevel(logging.CRITICAL)
+        sys.unraisablehook = _quiet_closed_loop
     try:
         if args.command == "sample":
             from jaxmodels.generate import generate_text
