@@ -136,10 +136,12 @@ def main(argv: list[str] | None = None) -> int:
     if stray:
         parser.error(f"unrecognized arguments: {' '.join(stray)}")
     if not args.debug:
-        # orbax logs a background save's failure with its traceback through absl before the
-        # loop turns it into a one-line error, and its asyncio loop may then report a callback
-        # on the closed loop as an "Exception ignored" traceback; keep both for --debug.
-        logging.getLogger("absl").setLevel(logging.CRITICAL)
+        # A background save that fails is reported by the loop as one line; orbax's threads
+        # also print it, with tracebacks, through absl logging, asyncio's "Task exception was
+        # never retrieved" log, and "Exception ignored" for callbacks on its closed event loop.
+        # Keep all three for --debug.
+        for name in ("absl", "asyncio"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
         sys.unraisablehook = _quiet_closed_loop
     try:
         if args.command == "sample":
