@@ -185,6 +185,9 @@ def test_retention_keeps_newest_every_mth_and_best(tmp_path):
 
 def test_half_written_checkpoint_is_ignored_and_cleaned_up(tmp_path):
     jaxmodels.train(_config("train.steps=10", "checkpoint.every_steps=5"), tmp_path)
+    rows = (tmp_path.parent / "results.jsonl").read_text().splitlines()
+    jaxmodels.train(_config("train.steps=10", "checkpoint.every_steps=5"), tmp_path)  # finished: re-evaluates only
+    assert (tmp_path.parent / "results.jsonl").read_text().splitlines() == rows
     # What a kill during the save of step 15 leaves: orbax's temporary folder, never renamed.
     tmp = tmp_path / "checkpoints" / "15.orbax-checkpoint-tmp-1234"
     (tmp / "state").mkdir(parents=True)
@@ -231,14 +234,9 @@ def fsdp_checkpoint(tmp_path_factory):
     cfg = _config("train.steps=6", "parallel.preset=fsdp", "model.hidden=(64,)")
     jaxmodels.train(cfg, workdir)
     s = loop.setup(cfg)
-    abstract = _abstract(s.init_fn, s.state_sharding)
+    abstract = loop.abstract_state(s.init_fn, s.state_sharding)
     saved = checkpoint.Checkpoints(workdir, cfg.checkpoint).restore_latest(abstract).state
     return cfg, workdir, jax.tree.map(np.asarray, saved)
-
-
-def _abstract(init_fn, state_sharding):
-    return jax.tree.map(lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh),
-                        jax.eval_shape(init_fn), state_sharding)
 
 
 @pytest.mark.parametrize("devices,preset", [(4, "fsdp"), (1, "data"), (8, "tensor")])
@@ -254,7 +252,7 @@ def test_restore_onto_another_mesh_gives_equal_values(fsdp_checkpoint, devices, 
     tx, schedule = optim.make(cfg.optimizer, 6)
     c = loop.compile_steps(model, tx, schedule, jnp.asarray(task.example_inputs),
                            C.ParallelConfig(preset=preset), mesh)
-    abstract = _abstract(c.init_fn, c.state_sharding)
+    abstract = loop.abstract_state(c.init_fn, c.state_sharding)
     restored = checkpoint.Checkpoints(workdir, cfg.checkpoint).restore_latest(abstract)
     assert restored.step == 6
     for x, sh, ref in zip(jax.tree.leaves(restored.state), jax.tree.leaves(c.state_sharding),

@@ -312,6 +312,13 @@ def _read_records(path: pathlib.Path, upto_step: int) -> list[dict]:
     return records
 
 
+def abstract_state(init_fn, state_sharding):
+    """The train state as shapes, dtypes and target shardings (nothing allocated): what a
+    checkpoint restores onto, whatever layout it was saved from."""
+    return jax.tree.map(lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh),
+                        jax.eval_shape(init_fn), state_sharding)
+
+
 def _resume(s: Setup, ckpt: checkpoint.Checkpoints, workdir: pathlib.Path, log):
     """(state, LoopState, records) from the newest usable checkpoint, or None for a fresh run."""
     steps = ckpt.steps()
@@ -321,8 +328,7 @@ def _resume(s: Setup, ckpt: checkpoint.Checkpoints, workdir: pathlib.Path, log):
     saved = ckpt.saved_config(steps[-1])
     if saved is not None:  # checked before touching the state: a mismatch is not corruption
         resume.check_resume(saved, current, workdir, steps[-1])
-    abstract = jax.tree.map(lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh),
-                            jax.eval_shape(s.init_fn), s.state_sharding)
+    abstract = abstract_state(s.init_fn, s.state_sharding)
     restored = ckpt.restore_latest(abstract, log=log)
     if restored is None:
         return None
@@ -573,7 +579,10 @@ def _train(s: Setup, ckpt: checkpoint.Checkpoints, workdir: pathlib.Path, main: 
     if not main:
         return summary
     _write_json(workdir / "summary.json", summary)
-    results.record(cfg, summary, workdir)  # one row in <workdir>/../results.jsonl
+    if step > start_step:
+        # One row in <workdir>/../results.jsonl per run that trained; relaunching a finished
+        # run only re-evaluates it, and a second row would count it twice in a fit.
+        results.record(cfg, summary, workdir)
     plots.learning_curves(records, workdir / "curves.png", title=f"{cfg.name} ({type(s.model).__name__})")
     print(f"{cfg.name}: {cfg.data.eval_split} accuracy {100 * final['accuracy']:.2f}% "
           f"(loss {final['loss']:.4f}, {final['examples']:,} examples) after {summary['step']:,} "
