@@ -1,4 +1,4 @@
-"""Analytic training FLOPs (`jaxmodels.scaling.flops`) next to XLA's count of the compiled step.
+"""Analytic training FLOPs (`jaxmodels.accounting.flops`) next to XLA's count of the compiled step.
 
   python benchmarks/flops_vs_xla.py [CONFIG] [KEY=VALUE ...]
 
@@ -21,7 +21,7 @@ import jax.numpy as jnp
 
 from jaxmodels import config as config_lib
 from jaxmodels import models
-from jaxmodels.scaling import flops
+from jaxmodels.accounting import flops
 from jaxmodels.training import optim, state, step, tasks
 
 

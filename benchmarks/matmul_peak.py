@@ -3,7 +3,7 @@
   python benchmarks/matmul_peak.py [--sizes 512 1024 2048] [--repeats 10] [--cached | --remeasure]
 
 Prints a table and a JSON line. Each size runs the probe the training loop uses
-(`jaxmodels.scaling.hardware.measure_matmul_flops`: one square matmul on every local CPU device at
+(`jaxmodels.accounting.hardware.measure_matmul_flops`: one square matmul on every local CPU device at
 once, best of `repeats` after a warm-up). `--cached` also prints the per-device figure MFU is
 computed against, measuring and caching it first if this machine has none; `--remeasure` measures
 it again and caches the higher value (run it when the machine is quiet: a busy one reads low).
@@ -13,7 +13,7 @@ import argparse
 import json
 import platform
 
-from jaxmodels.scaling import hardware
+from jaxmodels.accounting import hardware
 
 
 def main():

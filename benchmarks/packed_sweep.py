@@ -33,7 +33,7 @@ import jax
 import jaxmodels
 from jaxmodels.config import Config, DataConfig, OptimizerConfig, TrainConfig
 from jaxmodels.models import MLPConfig
-from jaxmodels.scaling import packed
+from jaxmodels.orchestration import packed
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 

@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
                                 top_p=args.top_p, seed=args.seed))
             return 0
         if args.command == "sweep":
-            from jaxmodels.scaling import sweep
+            from jaxmodels.orchestration import sweep
 
             if args.dry_run:
                 planned = sweep.plan(args.sweep_file, args.workdir, tiny=args.tiny)

@@ -138,8 +138,8 @@ def test_cli_config_errors_exit_2_with_one_line_and_no_traceback(tmp_path):
 def test_importing_jaxmodels_has_no_side_effects(tmp_path):
     modules = ("jaxmodels, jaxmodels.cli, jaxmodels.training.loop, jaxmodels.training.checkpoint, "
                "jaxmodels.training.resume, jaxmodels.training.mup, jaxmodels.data, jaxmodels.generate, "
-               "jaxmodels.scaling.fit, jaxmodels.scaling.flops, jaxmodels.scaling.hardware, "
-               "jaxmodels.scaling.results, jaxmodels.scaling.sweep, jaxmodels.scaling.packed, "
+               "jaxmodels.scaling.fit, jaxmodels.accounting.flops, jaxmodels.accounting.hardware, "
+               "jaxmodels.accounting.results, jaxmodels.orchestration.sweep, jaxmodels.orchestration.packed, "
                "jaxmodels.scaling.coordcheck")
     code = (
         "import os, jax\n"

@@ -32,7 +32,7 @@ import pytest
 from jaxmodels import models as M
 from jaxmodels.config import OptimizerConfig
 from jaxmodels.errors import ConfigError
-from jaxmodels.scaling import flops, hardware
+from jaxmodels.accounting import flops, hardware
 from jaxmodels.training import optim
 from jaxmodels.training import state as state_lib
 from jaxmodels.training import step as step_lib

@@ -1,4 +1,4 @@
-"""Packed sweeps (jaxmodels/scaling/packed.py): K vmapped models == K separate runs.
+"""Packed sweeps (jaxmodels/orchestration/packed.py): K vmapped models == K separate runs.
 
 The references are the real loop: `jaxmodels.train` for a variant that changes the seed and the
 learning rate, and the loop's own jitted step, batch stream and `run_eval` (over the 8 simulated
@@ -22,7 +22,7 @@ import jaxmodels
 from jaxmodels.config import Config, DataConfig, OptimizerConfig, TrainConfig
 from jaxmodels.errors import UserError
 from jaxmodels.models import BatchNormCNNConfig, MLPConfig, TransformerLMConfig
-from jaxmodels.scaling import packed
+from jaxmodels.orchestration import packed
 from jaxmodels.training import checkpoint, loop, optim
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]

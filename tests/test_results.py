@@ -17,7 +17,8 @@ import jaxmodels
 from jaxmodels import config as C
 from jaxmodels.errors import UserError
 from jaxmodels.models import MLPConfig
-from jaxmodels.scaling import fit, results
+from jaxmodels.scaling import fit
+from jaxmodels.accounting import results
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -77,7 +78,7 @@ def test_config_hash_ignores_labels_and_sees_every_real_change():
 
 WRITER = """
 import pathlib, sys, time
-from jaxmodels.scaling import results
+from jaxmodels.accounting import results
 table, go, writer = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2]), int(sys.argv[3])
 (go.parent / f"ready{writer}").touch()
 while not go.exists():

@@ -18,7 +18,8 @@ import pytest
 from jaxmodels import cli
 from jaxmodels import config as C
 from jaxmodels.errors import ConfigError, RunStopped
-from jaxmodels.scaling import results, sweep
+from jaxmodels.accounting import results
+from jaxmodels.orchestration import sweep
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -35,7 +36,7 @@ def get_config(tiny=False):
 
 # RUNS is replaced per test; BASE too.
 SWEEP = """
-from jaxmodels.scaling.sweep import Sweep, grid
+from jaxmodels.orchestration.sweep import Sweep, grid
 
 def get_sweep(tiny=False):
     return Sweep(config="mlp_digits.py", runs=RUNS, base=BASE)

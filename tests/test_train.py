@@ -13,7 +13,7 @@ import pytest
 
 import jaxmodels
 from jaxmodels import config as C
-from jaxmodels.scaling import flops
+from jaxmodels.accounting import flops
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SEED_CNN = ROOT / "experiments/configs/seed_cnn_mnist.py"

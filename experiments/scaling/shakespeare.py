@@ -9,7 +9,7 @@
 
 Six model sizes, 12k to 789k non-embedding parameters (63x), each trained at three compute
 budgets (C = 3e11, 6e11, 1.8e12 FLOPs). A run's number of tokens is its budget divided by its
-analytic training FLOPs per token (jaxmodels.scaling.flops: forward and backward matmuls, the
+analytic training FLOPs per token (jaxmodels.accounting.flops: forward and backward matmuls, the
 causal half of attention, the output head), so every run at one budget costs the same FLOPs and
 the IsoFLOP curves compare like with like. Everything else is the gpt_shakespeare recipe (RoPE,
 pre-LayerNorm, GELU, tied embeddings, AdamW with warmup and cosine decay to 10 %), batch 16 of
@@ -20,8 +20,8 @@ common heuristic, not tuned per size, which is one reason the fitted exponents a
 import math
 
 from jaxmodels.models import TransformerLMConfig
-from jaxmodels.scaling import flops
-from jaxmodels.scaling.sweep import Sweep
+from jaxmodels.accounting import flops
+from jaxmodels.orchestration.sweep import Sweep
 
 # (layers, d_model, heads): head size 16 to 32, d_ff = 4 d_model.
 SIZES = ((1, 32, 2), (2, 32, 2), (2, 48, 3), (2, 64, 4), (3, 96, 4), (4, 128, 4))

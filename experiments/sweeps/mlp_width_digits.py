@@ -13,7 +13,7 @@ Every run appends its row to runs/mlp_width_digits/results.jsonl; sweep.csv hold
 run (width, seed, losses, parameters). `--workers 2` runs two at once, one CPU each.
 """
 
-from jaxmodels.scaling.sweep import Sweep, grid
+from jaxmodels.orchestration.sweep import Sweep, grid
 
 
 def get_sweep(tiny: bool = False) -> Sweep:

@@ -50,8 +50,8 @@ from jaxmodels.parallel import sharding as sharding_lib
 # Accounting and bookkeeping only (analytic FLOPs, device peaks, the results table):
 # scaling/flops.py, hardware.py and results.py import no training code, so this does not turn
 # the cli -> scaling -> training direction around.
-from jaxmodels.scaling import flops as flops_lib
-from jaxmodels.scaling import hardware, results
+from jaxmodels.accounting import flops as flops_lib
+from jaxmodels.accounting import hardware, results
 from jaxmodels.training import checkpoint, mup, optim, plots, resume, tasks
 from jaxmodels.training import step as step_lib
 from jaxmodels.training.state import TrainState, abstract_variables, count_params, init_state

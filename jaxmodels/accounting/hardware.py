@@ -134,7 +134,7 @@ def mfu(flops_per_step: float, seconds_per_step: float, n_devices: int, peak: Pe
 @functools.lru_cache(maxsize=None)  # the cache is the "once": one warning per unknown kind
 def _warn_unknown(platform_name: str, kind: str) -> None:
     warnings.warn(f"no peak FLOP/s known for {platform_name} device {kind!r}: MFU is not reported "
-                  f"(add it to jaxmodels.scaling.hardware.CHIPS with its source)", stacklevel=3)
+                  f"(add it to jaxmodels.accounting.hardware.CHIPS with its source)", stacklevel=3)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -202,7 +202,7 @@ def cpu_peak(*, remeasure: bool = False) -> Peak:
     per_device = record["flops_per_s"] / key["devices"]
     name = (f"CPU {key['cpu']} ({key['cores']} cores, {key['devices']} JAX device(s)), "
             f"measured float32 matmul")
-    source = (f"measured by jaxmodels.scaling.hardware.measure_matmul_flops ({record.get('size')}^2 "
+    source = (f"measured by jaxmodels.accounting.hardware.measure_matmul_flops ({record.get('size')}^2 "
               f"float32 on all {key['devices']} CPU device(s), best of {PROBE_REPEATS}) at "
               f"{record.get('measured')}; cached in {path}")
     return Peak(per_device, name, source)

@@ -4,7 +4,7 @@
 
 A sweep file is Python defining `get_sweep(tiny: bool = False) -> Sweep`:
 
-    from jaxmodels.scaling.sweep import Sweep, grid
+    from jaxmodels.orchestration.sweep import Sweep, grid
 
     def get_sweep(tiny=False):
         return Sweep(config="../configs/mlp_mnist.py",         # relative to this file
@@ -29,7 +29,7 @@ hash) and trains into DIR/<name>. On a relaunch each run is, by what its workdir
 `model.vocab_size=none` in the request matching the size the loop filled in from the tokenizer.
 
 Runs go one after another in this process, or with `workers=N` up to N at once, each a
-subprocess (`python -m jaxmodels.scaling.sweep --worker ...`) given the resolved config as JSON,
+subprocess (`python -m jaxmodels.orchestration.sweep --worker ...`) given the resolved config as JSON,
 its output in DIR/logs/<name>.log, and, on Linux, its own 1/N of this process's CPUs (CPU
 affinity, set in the worker before JAX starts; XLA and NumPy size their thread pools from it,
 so N workers do not each start a pool as large as the machine). Workers do not split
@@ -68,7 +68,7 @@ import tqdm.contrib
 
 from jaxmodels import config as config_lib
 from jaxmodels.errors import ConfigError, RunStopped, UserError
-from jaxmodels.scaling import results
+from jaxmodels.accounting import results
 from jaxmodels.training import loop
 
 Value = int | float | bool | str | None | tuple
@@ -158,7 +158,7 @@ def load(path: str | os.PathLike, *, tiny: bool = False) -> Sweep:
         message = str(e)
         raise ConfigError(message if str(path) in message else f"sweep file {str(path)!r}: {message}") from None
     if not isinstance(sweep, Sweep):
-        raise ConfigError(f"get_sweep() in {str(path)!r} returned {type(sweep).__name__}, expected jaxmodels.scaling.sweep.Sweep")
+        raise ConfigError(f"get_sweep() in {str(path)!r} returned {type(sweep).__name__}, expected jaxmodels.orchestration.sweep.Sweep")
     return sweep
 
 
@@ -399,7 +399,7 @@ class _Workers:
     def __call__(self, run: Run) -> Outcome:
         cpus = self.slots.get()
         try:
-            args = [sys.executable, "-m", "jaxmodels.scaling.sweep", "--worker",
+            args = [sys.executable, "-m", "jaxmodels.orchestration.sweep", "--worker",
                     "--workdir", str(run.workdir), "--config-json", config_lib.to_json(run.config)]
             if cpus is not None:
                 args += ["--cpus", ",".join(map(str, cpus))]
@@ -542,7 +542,7 @@ def format_table(outcomes: list[Outcome]) -> str:
 
 
 def _worker_main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m jaxmodels.scaling.sweep --worker")
+    parser = argparse.ArgumentParser(prog="python -m jaxmodels.orchestration.sweep --worker")
     parser.add_argument("--worker", action="store_true", required=True)
     parser.add_argument("--workdir", required=True)
     parser.add_argument("--config-json", required=True, help="the resolved config (config.json)")
