@@ -43,7 +43,7 @@ def main():
     batch = next(iter(task.train_batches(0)))
     batch_shapes = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in batch.items()}
     batch_size = batch["inputs"].shape[0]
-    compiled = jax.jit(step.make_train_step(model, tx, schedule)).lower(state_shapes, batch_shapes).compile()
+    compiled = jax.jit(step.make_train_step(model, tx, schedule=schedule)).lower(state_shapes, batch_shapes).compile()
     xla = flops.compiled_flops(compiled)
 
     per_token = acc.tokens_per_example

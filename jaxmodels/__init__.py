@@ -7,19 +7,25 @@
 Importing this package changes no global JAX setting and touches no file or network.
 """
 
-from jaxmodels.config import Config, DataConfig, OptimizerConfig, TrainConfig, apply_overrides
+from jaxmodels.config import Config, DataConfig, ObjectiveConfig, OptimizerConfig, TrainConfig, apply_overrides
 from jaxmodels.config import load as load_config
 from jaxmodels.errors import ConfigError, DataError, RunStopped, UserError
+from jaxmodels.models.interface import Model, as_model
+from jaxmodels.registry import register_dataset, register_model, register_objective
+from jaxmodels.training import objectives
+from jaxmodels.training.objectives import Objective
+from jaxmodels.training.state import TrainState
+from jaxmodels.training.step import make_eval_step, make_train_step
 
 __version__ = "0.1.0"
 
 
-def train(config: Config, workdir, *, restart: bool = False) -> dict:
+def train(config: Config, workdir, *, restart: bool = False, parts=None) -> dict:
     """Trains `config`, writing results into `workdir` and resuming from its newest checkpoint
     unless `restart`; returns the summary (see training/loop.py)."""
     from jaxmodels.training import loop
 
-    return loop.train(config, workdir, restart=restart)
+    return loop.train(config, workdir, restart=restart, parts=parts)
 
 
 def evaluate(config: Config, workdir, split: str | None = None) -> dict:
@@ -29,6 +35,8 @@ def evaluate(config: Config, workdir, split: str | None = None) -> dict:
     return loop.evaluate(config, workdir, split=split)
 
 
-__all__ = ["Config", "DataConfig", "OptimizerConfig", "TrainConfig", "apply_overrides",
-           "load_config", "train", "evaluate", "ConfigError", "DataError", "RunStopped",
-           "UserError"]
+__all__ = ["Config", "DataConfig", "ObjectiveConfig", "OptimizerConfig", "TrainConfig",
+           "apply_overrides", "load_config", "train", "evaluate", "ConfigError", "DataError",
+           "RunStopped", "UserError", "Model", "as_model", "register_model", "register_dataset",
+           "register_objective", "objectives", "Objective", "TrainState", "make_train_step",
+           "make_eval_step"]

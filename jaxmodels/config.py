@@ -14,24 +14,26 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import hashlib
 import importlib.util
 import json
 import pathlib
+import sys
 import types
 import typing
 from typing import Any, Literal
 
-from jaxmodels import models
+from jaxmodels import models, registry
 from jaxmodels.errors import ConfigError
 
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
-    # Images: mnist, fashion_mnist, digits. Text (language modelling): shakespeare, wikipedia,
-    # text (a local file or folder given as data_dir), and, with download=true, tiny_shakespeare,
-    # wikitext2, enwik8.
-    dataset: Literal["mnist", "fashion_mnist", "digits", "shakespeare", "wikipedia", "text",
-                     "tiny_shakespeare", "wikitext2", "enwik8"] = "mnist"
+    # A registered dataset (`jaxmodels list` shows them). Built in: images mnist, fashion_mnist,
+    # digits; text (language modelling) shakespeare, wikipedia, text (a local file or folder
+    # given as data_dir), and, with download=true, tiny_shakespeare, wikitext2, enwik8. An
+    # experiment file adds its own with jaxmodels.register_dataset(name, build).
+    dataset: str = "mnist"
     # Examples per step: images, or windows of seq_len tokens for text.
     batch_size: int = 32
     # Evaluation batches are padded and masked, so this never drops an example.
@@ -58,8 +60,39 @@ class DataConfig:
                if getattr(self, n) <= 0]
         if self.eval_windows is not None and self.eval_windows <= 0:
             out.append(("eval_windows", f"must be positive or none, got {self.eval_windows}"))
+        if self.dataset not in registry.DATASETS:
+            near = difflib.get_close_matches(self.dataset, list(registry.DATASETS), n=1)
+            hint = f"did you mean {near[0]!r}?" if near else f"registered: {', '.join(sorted(registry.DATASETS))}"
+            out.append(("dataset", f"={self.dataset!r} is not a registered dataset: {hint}"))
         if self.dataset == "text" and self.data_dir is None:
             out.append(("data_dir", "must name a text file or folder when data.dataset=text"))
+        return out
+
+
+@dataclasses.dataclass(frozen=True)
+class ObjectiveConfig:
+    """What the model is trained to minimise (jaxmodels/training/objectives.py)."""
+
+    # A registered objective: cross_entropy (integer class or token targets) or mse (float
+    # regression targets), or one an experiment file adds with jaxmodels.register_objective.
+    name: str = "cross_entropy"
+    # cross_entropy only: smoothing epsilon, and PaLM's z-loss weight (1e-4 is usual for LMs).
+    label_smoothing: float = 0.0
+    z_loss: float = 0.0
+
+    def problems(self):
+        out = []
+        if self.name not in registry.OBJECTIVES:
+            near = difflib.get_close_matches(self.name, list(registry.OBJECTIVES), n=1)
+            hint = f"did you mean {near[0]!r}?" if near else f"registered: {', '.join(sorted(registry.OBJECTIVES))}"
+            out.append(("name", f"={self.name!r} is not a registered objective: {hint}"))
+        if not 0.0 <= self.label_smoothing < 1.0:
+            out.append(("label_smoothing", f"must be in [0, 1), got {self.label_smoothing}"))
+        if not self.z_loss >= 0.0:
+            out.append(("z_loss", f"must be >= 0, got {self.z_loss}"))
+        if self.name != "cross_entropy" and (self.label_smoothing or self.z_loss):
+            out.append(("label_smoothing/z_loss", f"apply to objective.name=cross_entropy only, "
+                                                  f"not {self.name}"))
         return out
 
 
@@ -220,8 +253,11 @@ class ParallelConfig:
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    model: models.ModelConfig = models.SeedCNNConfig()
+    # Any registered model config (jaxmodels.register_model): the eight built-in families or a
+    # researcher's own dataclass declared in their experiment file.
+    model: Any = models.SeedCNNConfig()
     data: DataConfig = DataConfig()
+    objective: ObjectiveConfig = ObjectiveConfig()
     # The classic CNN's recipe: Adam at 1e-3, annealed (see experiments/configs/seed_cnn_mnist.py).
     optimizer: OptimizerConfig = OptimizerConfig(schedule="warmup_cosine", warmup_steps=500)
     train: TrainConfig = TrainConfig()
@@ -229,10 +265,21 @@ class Config:
     checkpoint: CheckpointConfig = CheckpointConfig()
     # Shown in logs and summaries; experiment files set it to their file name.
     name: str = "default"
+    # The experiment file this config came from and the sha256 of its text, filled in by
+    # `load` so config.json and the results table record the researcher's own code; reading
+    # config.json back runs that file again when it declares the model.
+    experiment_file: str | None = None
+    experiment_sha256: str | None = None
 
     def __post_init__(self):
-        for section in ("model", "data", "optimizer", "train", "parallel", "checkpoint"):
-            for key, message in getattr(self, section).problems():
+        if not dataclasses.is_dataclass(self.model) or isinstance(self.model, type):
+            raise ConfigError(f"model={self.model!r} is not a model config: pass a registered model "
+                              f"config dataclass (see jaxmodels.register_model), or use jaxmodels.fit "
+                              f"to train a module directly")
+        registry.entry_for_config(self.model)
+        for section in ("model", "data", "objective", "optimizer", "train", "parallel", "checkpoint"):
+            problems = getattr(getattr(self, section), "problems", None)
+            for key, message in (problems() if problems else ()):
                 sep = "" if message.startswith("=") else " "
                 raise ConfigError(f"{section}.{key}{sep}{message}")
         if self.data.batch_size % self.train.microbatches:
@@ -364,6 +411,9 @@ def run_file(path: str | pathlib.Path, function: str, *, kind: str, example: str
         raise ConfigError(f"{kind} file {str(path)!r} not found: pass a path such as {example}")
     spec = importlib.util.spec_from_file_location(f"jaxmodels_{kind}_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
+    # Registered so that the file's dataclasses can resolve their annotations (typing looks the
+    # defining module up in sys.modules) and its classes can be found again by module name.
+    sys.modules[spec.name] = module
     try:
         spec.loader.exec_module(module)
     except ConfigError:
@@ -383,13 +433,19 @@ def run_file(path: str | pathlib.Path, function: str, *, kind: str, example: str
         raise ConfigError(f"{function}() in {str(path)!r} failed to run: {type(e).__name__}: {e}") from None
 
 
+def file_sha256(path: str | pathlib.Path) -> str:
+    return hashlib.sha256(pathlib.Path(path).read_bytes()).hexdigest()
+
+
 def load(path: str | pathlib.Path, *, tiny: bool = False) -> Config:
-    """Runs an experiment file and returns its `get_config(tiny=...)`."""
+    """Runs an experiment file and returns its `get_config(tiny=...)`, recording the file's
+    absolute path and content hash in the config."""
     config = run_file(path, "get_config", kind="config", example="experiments/configs/seed_cnn_mnist.py",
                       tiny=tiny, returns="a jaxmodels Config")
     if not isinstance(config, Config):
         raise ConfigError(f"get_config() in {str(path)!r} returned {type(config).__name__}, expected jaxmodels.config.Config")
-    return config
+    return dataclasses.replace(config, experiment_file=str(pathlib.Path(path).resolve()),
+                               experiment_sha256=file_sha256(path))
 
 
 def to_dict(config: Config) -> dict:
@@ -401,12 +457,21 @@ def to_dict(config: Config) -> dict:
 
 def from_dict(d: dict) -> Config:
     """Inverse of `to_dict`."""
+    if not isinstance(d, dict) or not isinstance(d.get("model"), dict):
+        raise ConfigError(f"not a jaxmodels config (expected an object with a 'model' section, got "
+                          f"{type(d).__name__})")
     d = dict(d)
     model = dict(d.pop("model"))
-    try:
-        model_cls = models.config_class(model.pop("kind"))
-    except KeyError as e:
-        raise ConfigError(f"unknown model kind {e}: expected one of {[c.kind for c in models.MODELS]}") from None
+    kind = model.pop("kind", None)
+    source = d.get("experiment_file")
+    if kind not in registry.MODELS and source and pathlib.Path(source).is_file():
+        # The model was declared in the experiment file: running it registers the class again.
+        run_file(source, "get_config", kind="config", example=source, tiny=False,
+                 returns="a jaxmodels Config")
+    if kind not in registry.MODELS and source:
+        raise ConfigError(f"model kind {kind!r} was declared in {source}, which is no longer there: "
+                          f"restore the file (or register the model before reading this config)")
+    model_cls = registry.model_entry(str(kind)).config_class
 
     def build(cls, values):
         hints = typing.get_type_hints(cls)
@@ -420,6 +485,7 @@ def from_dict(d: dict) -> Config:
     return Config(
         model=build(model_cls, model),
         data=build(DataConfig, d.pop("data", {})),
+        objective=build(ObjectiveConfig, d.pop("objective", {})),
         optimizer=build(OptimizerConfig, d.pop("optimizer", {})),
         train=build(TrainConfig, d.pop("train", {})),
         parallel=build(ParallelConfig, d.pop("parallel", {})),

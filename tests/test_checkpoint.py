@@ -322,7 +322,7 @@ def _tiny_step_setup(**guard):
     x = jax.random.normal(jax.random.key(0), (16, 5))
     y = jnp.arange(16) % 3
     state = init_state(model, tx, x[:1], 0)
-    step = jax.jit(step_lib.make_train_step(model, tx, lambda s: 1e-2, **guard))
+    step = jax.jit(step_lib.make_train_step(model, tx, schedule=lambda s: 1e-2, **guard))
     return state, step, {"inputs": x, "targets": y, "mask": jnp.ones(16)}
 
 

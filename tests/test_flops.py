@@ -126,7 +126,7 @@ def _step_and_shapes(cfg, shape, batch):
     batch_shapes = {"inputs": jax.ShapeDtypeStruct((batch, *shape), dtype),
                     "targets": jax.ShapeDtypeStruct(targets, jnp.int32),
                     "mask": jax.ShapeDtypeStruct(targets, jnp.float32)}
-    return step_lib.make_train_step(model, tx, schedule), state, batch_shapes
+    return step_lib.make_train_step(model, tx, schedule=schedule), state, batch_shapes
 
 
 @pytest.mark.parametrize("cfg, shape", PARAM_CASES, ids=lambda x: getattr(x, "kind", str(x)))

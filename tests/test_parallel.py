@@ -256,7 +256,7 @@ def _mlp_step(axis_name=None):
     from jaxmodels.training import step as step_lib
     # Host copies: the donating steps below must not delete the shared initial state.
     return (jax.device_get(loop.init_state(model, tx, _example("image"), 0)),
-            step_lib.make_train_step(model, tx, schedule, axis_name=axis_name))
+            step_lib.make_train_step(model, tx, schedule=schedule, axis_name=axis_name))
 
 
 def _loop(step, state, batches):

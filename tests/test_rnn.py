@@ -319,7 +319,7 @@ def test_train_step_learns_a_pattern_that_needs_memory(lstm_lm):
     b, t = 8, PATTERN_T
     windows = np.stack([seq[s:s + t + 1] for s in range(b)])  # every phase of the pattern
     batch = {"inputs": windows[:, :-1], "targets": windows[:, 1:], "mask": np.ones((b, t), np.float32)}
-    train_step = step_lib.make_train_step(model, tx, schedule)
+    train_step = step_lib.make_train_step(model, tx, schedule=schedule)
     traces = []
 
     def counted(s, bt):

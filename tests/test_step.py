@@ -28,7 +28,7 @@ def _setup(cfg, opt=OptimizerConfig(name="adam", learning_rate=1e-2), microbatch
     model = models.build(cfg)
     tx, schedule = optim.make(opt, total_steps=100)
     state = init_state(model, tx, jnp.zeros((1, hw, hw, 1)), seed=0)
-    train_step = step_lib.make_train_step(model, tx, schedule, microbatches=microbatches)
+    train_step = step_lib.make_train_step(model, tx, schedule=schedule, microbatches=microbatches)
     return model, state, train_step
 
 
@@ -85,7 +85,7 @@ def test_batch_stats_update_in_train_and_freeze_in_eval():
     # Evaluation uses running statistics: sums over a batch equal the sums over its two halves.
     whole = eval_step(new_state, batch)
     halves = [eval_step(new_state, jax.tree.map(lambda x: x[s], batch)) for s in (slice(0, 8), slice(8, 16))]
-    np.testing.assert_allclose(whole["loss_sum"], halves[0]["loss_sum"] + halves[1]["loss_sum"], rtol=1e-5)
+    np.testing.assert_allclose(whole["loss"][0], halves[0]["loss"][0] + halves[1]["loss"][0], rtol=1e-5)
 
 
 def test_dropout_key_is_folded_with_the_step():

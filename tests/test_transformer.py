@@ -555,7 +555,7 @@ def test_the_train_step_fits_one_batch():
     state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
                        model_state={}, rng=jax.random.key_data(jax.random.key(0)),
                        loss_stats=jnp.zeros((3,), jnp.float32))
-    train_step = jit(step_lib.make_train_step(model, tx, lambda step: 1e-2))
+    train_step = jit(step_lib.make_train_step(model, tx, schedule=lambda step: 1e-2))
     losses = []
     for _ in range(40):
         state, metrics = train_step(state, batch)

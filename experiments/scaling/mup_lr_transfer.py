@@ -50,11 +50,12 @@ def sweep(config, lrs: np.ndarray, seeds: np.ndarray, batches: dict, val_batches
 
     def run(lr, seed):
         tx = optax.chain(tx_unit, optax.scale(lr))
-        train_step = make_train_step(model, tx, lambda s: unit_schedule(s) * lr)
+        train_step = make_train_step(model, tx, schedule=lambda s: unit_schedule(s) * lr)
         state = init_state(model, tx, example, seed)
         state, metrics = jax.lax.scan(train_step, state, batches)
         sums = jax.lax.map(lambda b: eval_step(state, b), val_batches)
-        return metrics["loss"], jnp.sum(sums["loss_sum"]) / jnp.sum(sums["count"])
+        loss_sum, count = sums["loss"]
+        return metrics["loss"], jnp.sum(loss_sum) / jnp.sum(count)
 
     losses, val = jax.jit(jax.vmap(run))(jnp.asarray(lrs, jnp.float32), jnp.asarray(seeds, jnp.int32))
     return np.asarray(losses), np.asarray(val)

@@ -204,7 +204,7 @@ def setup(config: Config, variants: Sequence[Variant]) -> PackedSetup:
     # The optimizer reads its learning rate from the state, so the one built here with the
     # config's value serves every model.
     tx = injected_optimizer(opt, total, opt.learning_rate)
-    single_step = step_lib.make_train_step(model, tx, unit, microbatches=config.train.microbatches)
+    single_step = step_lib.make_train_step(model, tx, schedule=unit, microbatches=config.train.microbatches)
 
     def train_one(state: TrainState, batch):
         new_state, metrics = single_step(state, batch)
@@ -232,14 +232,14 @@ def evaluate(p: PackedSetup, states: TrainState, split: str, *, periodic: bool =
              ) -> list[dict]:
     """Each model's loss and accuracy over `split`, as `loop.run_eval` measures them: every
     batch is read once and shared by the K models; padded rows carry mask 0."""
-    sums = None
+    totals = None
     for batch in p.task.eval_batches(split, periodic=periodic):
-        out = p.eval_step(states, batch)
-        sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
-    sums = jax.device_get(sums)
-    return [{"loss": float(sums["loss_sum"][k] / sums["count"][k]),
-             "accuracy": float(sums["correct"][k] / sums["count"][k]),
-             "examples": int(sums["count"][k])} for k in range(len(p.variants))]
+        out = jax.device_get(p.eval_step(states, batch))  # {name: (sum [K, ...], count [K])}
+        out = jax.tree.map(lambda x: np.asarray(x, np.float64), out)
+        totals = out if totals is None else jax.tree.map(np.add, totals, out)
+    return [loop.mean_metrics({name: (total[k], float(count[k]))
+                               for name, (total, count) in totals.items()})
+            for k in range(len(p.variants))]
 
 
 def _interval_means(pending: list[dict], num_models: int) -> list[dict]:

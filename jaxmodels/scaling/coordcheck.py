@@ -130,7 +130,7 @@ def _trajectory(cfg: Config, example: jax.Array, steps: int):
     model = models.build(cfg.model)
     multipliers = mup.lr_multipliers(cfg.model, cfg.optimizer.name, model, example)
     tx, schedule = optim.make(cfg.optimizer, steps, lr_multipliers=multipliers)
-    train_step = make_train_step(model, tx, schedule)
+    train_step = make_train_step(model, tx, schedule=schedule)
 
     names: list[str] = []
 

@@ -52,9 +52,22 @@ from jaxmodels.parallel import sharding as sharding_lib
 # the cli -> scaling -> training direction around.
 from jaxmodels.accounting import flops as flops_lib
 from jaxmodels.accounting import hardware, results
+from jaxmodels.models.interface import as_model
 from jaxmodels.training import checkpoint, mup, optim, plots, resume, tasks
+from jaxmodels.training import objectives as objectives_lib
 from jaxmodels.training import step as step_lib
 from jaxmodels.training.state import TrainState, abstract_variables, count_params, init_state
+
+
+@dataclasses.dataclass(frozen=True)
+class Parts:
+    """What a run trains when given in Python rather than named by the config (`jaxmodels.fit`
+    and scripts): each part left None comes from the config, through the same registries."""
+
+    model: Any = None  # anything jaxmodels.as_model accepts
+    data: Any = None  # a DataSource (jaxmodels/data/source.py)
+    objective: Any = None  # an Objective, a loss function or a registered name
+    optimizer: Any = None  # an optax.GradientTransformation (its own schedule included)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,8 +75,9 @@ class Setup:
     """What both training and evaluation derive from a config: task, model, jitted functions."""
 
     config: Config  # resolved: model fields the task decides (vocabulary size) are filled in
-    task: Any  # tasks.ImageTask | tasks.LMTask
-    model: Any
+    task: Any  # the DataSource
+    model: Any  # jaxmodels.Model
+    objective: Any  # objectives.Objective
     total_steps: int
     steps_per_epoch: float
     mesh: Any
@@ -89,27 +103,69 @@ def check_warmup(opt: config_lib.OptimizerConfig, steps: int) -> None:
                         f"steps: lower it (e.g. optimizer.warmup_steps={steps // 10})")
 
 
-def setup(config: Config) -> Setup:
+def build_objective(config: Config, given=None):
+    o = config.objective
+    options = {f.name: getattr(o, f.name) for f in dataclasses.fields(o) if f.name != "name"}
+    return objectives_lib.resolve(given if given is not None else o.name, **options)
+
+
+def check_fit(model, objective, task, name: str) -> None:
+    """Traces init and one evaluation step on the data's shapes (nothing is compiled or
+    allocated), so a module with the wrong signature or outputs that do not fit the loss are one
+    line naming the problem, before anything is created."""
+    batch = next(iter(task.eval_batches(task.splits[0], periodic=True)))
+    example = jnp.asarray(task.example_inputs)
+    try:
+        variables = jax.eval_shape(lambda: model.init(jax.random.key(0), example))
+    except Exception as e:  # noqa: BLE001 - a user's module failing is one line, not a traceback
+        raise UserError(f"{name}: initialising the model on inputs of shape {example.shape} failed: "
+                        f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+    variables = nn.meta.unbox(variables)
+    try:
+        outputs = jax.eval_shape(lambda v, x: model.apply(v, x, train=False)[0], variables,
+                                 jnp.asarray(batch["inputs"]))
+    except Exception as e:  # noqa: BLE001
+        raise UserError(f"{name}: applying the model to inputs of shape {batch['inputs'].shape} "
+                        f"failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+    try:
+        jax.eval_shape(lambda o, t, m: step_lib.objective_sums(objective, o, t, m), outputs,
+                       jnp.asarray(batch["targets"]), jnp.asarray(batch["mask"]))
+    except Exception as e:  # noqa: BLE001
+        shapes = jax.tree.map(lambda x: tuple(x.shape), outputs)
+        raise UserError(f"{name}: the model's outputs {shapes} do not fit the {objective.name} "
+                        f"objective with targets {batch['targets'].shape} "
+                        f"({batch['targets'].dtype}): {str(e).splitlines()[0] if str(e) else type(e).__name__}"
+                        ) from None
+
+
+def setup(config: Config, parts: Parts | None = None) -> Setup:
+    parts = parts or Parts()
     # Mesh mistakes are cheap to find: report them before loading data or compiling anything.
     mesh = mesh_lib.make_mesh(config.parallel)
     mesh_lib.check_batch_size(config.data.batch_size, mesh)
-    task = tasks.build(config.data)
+    task = parts.data if parts.data is not None else tasks.build(config.data)
     config = dataclasses.replace(config, model=tasks.resolve_model(config.model, task))
     steps_per_epoch = task.train_size / config.data.batch_size
     steps = total_steps(config.train, steps_per_epoch)
 
     opt = config.optimizer
-    check_warmup(opt, steps)
-    model = models.build(config.model)
+    if parts.optimizer is None:
+        check_warmup(opt, steps)
+    model = as_model(parts.model if parts.model is not None else models.build(config.model))
+    objective = build_objective(config, parts.objective)
+    check_fit(model, objective, task, config.name)
     example = jnp.asarray(task.example_inputs)
-    multipliers = mup.lr_multipliers(config.model, opt.name, model, example)
-    tx, schedule = optim.make(config.optimizer, steps, lr_multipliers=multipliers)
+    if parts.optimizer is None:
+        multipliers = mup.lr_multipliers(config.model, opt.name, model, example)
+        tx, schedule = optim.make(config.optimizer, steps, lr_multipliers=multipliers)
+    else:
+        tx, schedule = parts.optimizer, None
 
     t = config.train
     c = compile_steps(model, tx, schedule, example, config.parallel, mesh, seed=t.seed,
                       microbatches=t.microbatches, nonfinite=t.nonfinite,
-                      spike_sigma=t.spike_sigma, spike_window=t.spike_window)
-    return Setup(config, task, model, steps, steps_per_epoch, mesh, c.state_sharding,
+                      spike_sigma=t.spike_sigma, spike_window=t.spike_window, objective=objective)
+    return Setup(config, task, model, objective, steps, steps_per_epoch, mesh, c.state_sharding,
                  c.batch_sharding, c.init_fn, c.train_step, c.eval_step, c.report)
 
 
@@ -138,7 +194,8 @@ def _under_activation_rules(fn, mesh, preset: str):
 
 def compile_steps(model, tx, schedule, example, parallel: config_lib.ParallelConfig, mesh, *,
                   seed: int = 0, microbatches: int = 1, nonfinite: str = "stop",
-                  spike_sigma: float | None = None, spike_window: int = 100) -> Compiled:
+                  spike_sigma: float | None = None, spike_window: int = 100,
+                  objective=None) -> Compiled:
     """Shardings from the rules table and the jitted init/train/eval over `mesh` (importable, so
     tests compare any mesh with a one-device one)."""
     init = lambda: init_state(model, tx, example, seed)  # noqa: E731
@@ -153,7 +210,7 @@ def compile_steps(model, tx, schedule, example, parallel: config_lib.ParallelCon
     init_fn = jax.jit(init, out_shardings=state_sharding)
     train_step = jax.jit(
         _under_activation_rules(
-            step_lib.make_train_step(model, tx, schedule, microbatches=microbatches,
+            step_lib.make_train_step(model, tx, objective, schedule=schedule, microbatches=microbatches,
                                      nonfinite=nonfinite, spike_sigma=spike_sigma,
                                      spike_window=spike_window), mesh,
             parallel.preset),
@@ -161,7 +218,8 @@ def compile_steps(model, tx, schedule, example, parallel: config_lib.ParallelCon
         out_shardings=(state_sharding, replicated),
         donate_argnums=0,
     )
-    eval_step = jax.jit(_under_activation_rules(step_lib.make_eval_step(model), mesh, parallel.preset),
+    eval_step = jax.jit(_under_activation_rules(step_lib.make_eval_step(model, objective), mesh,
+                                                parallel.preset),
                         in_shardings=(state_sharding, batch_sharding),
                         out_shardings=replicated)
     return Compiled(state_sharding, batch_sharding, init_fn, train_step, eval_step, report)
@@ -178,17 +236,41 @@ def _pad_batch(batch: dict, multiple: int) -> dict:
 
 
 def run_eval(s: Setup, state: TrainState, split: str, *, periodic: bool = False) -> dict:
-    """Loss and accuracy over `split` (every example or token; the last batch padded and
-    masked). `periodic` lets a task read a fixed subset during training (text)."""
-    sums = None
+    """The objective's loss and metrics over `split` (every example or token; the last batch
+    padded and masked): {"loss": ..., metric: ..., "examples": count}. `periodic` lets a task
+    read a fixed subset during training (text)."""
+    totals: dict = {}
     for batch in s.task.eval_batches(split, periodic=periodic):
         batch = _pad_batch(batch, mesh_lib.data_parallel_size(s.mesh))
         out = s.eval_step(state, distributed.put_batch(batch, s.batch_sharding))
-        sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
-    sums = jax.device_get(sums)
-    count = float(sums["count"])
-    return {"loss": float(sums["loss_sum"]) / count, "accuracy": float(sums["correct"]) / count,
-            "examples": int(count)}
+        # Summed on the host (float64): an eager add of global arrays would be a collective
+        # program of its own, which processes of a multi-host run can dispatch in different
+        # orders against the next eval_step and deadlock.
+        for name, (total, count) in jax.device_get(out).items():
+            old = totals.get(name, (0.0, 0.0))
+            totals[name] = (old[0] + np.asarray(total, np.float64), old[1] + float(count))
+    return mean_metrics(totals)
+
+
+def mean_metrics(totals: dict) -> dict:
+    """{name: sum / count} (lists for vector metrics) plus "examples", the loss's count."""
+    out = {}
+    for name, (total, count) in totals.items():
+        value = np.asarray(total) / max(count, 1.0)
+        out[name] = float(value) if value.ndim == 0 else value.tolist()
+    out["examples"] = int(totals["loss"][1]) if "loss" in totals else 0
+    return out
+
+
+def _describe_metrics(values: dict) -> str:
+    """"loss 0.1234 accuracy 98.10%" from {"loss": ..., "accuracy": ...} (val_ prefixes kept);
+    accuracies as percentages, vector metrics left out of the line."""
+    parts = []
+    for k, x in values.items():
+        if k == "examples" or not isinstance(x, (int, float)):
+            continue
+        parts.append(f"{k} {100 * x:.2f}%" if k.endswith("accuracy") else f"{k} {x:.4f}")
+    return " ".join(parts)
 
 
 def _prepare_workdir(workdir: pathlib.Path) -> None:
@@ -349,16 +431,18 @@ def _resume(s: Setup, ckpt: checkpoint.Checkpoints, workdir: pathlib.Path, log):
     return state, loop_state, records
 
 
-def train(config: Config, workdir: str | os.PathLike, *, restart: bool = False) -> dict:
+def train(config: Config, workdir: str | os.PathLike, *, restart: bool = False,
+          parts: Parts | None = None) -> dict:
     """Trains `config` into `workdir`, continuing from the newest checkpoint there unless
-    `restart`; returns the summary dict (also summary.json)."""
+    `restart`; returns the summary dict (also summary.json). `parts` supplies a model, data
+    source, objective or optimizer in Python instead of through the config's registries."""
     workdir = pathlib.Path(workdir)
     # With several processes (multi-host) process 0 writes every file; the others compute.
     main = distributed.is_main()
     if main:
         _prepare_workdir(workdir)
     t_start = time.perf_counter()
-    s = setup(config)  # every config problem surfaces here, before any file changes
+    s = setup(config, parts)  # every config problem surfaces here, before any file changes
     cfg = s.config
     log = sys.stderr if main else io.StringIO()
     if restart and main:
@@ -508,12 +592,11 @@ def _train(s: Setup, ckpt: checkpoint.Checkpoints, workdir: pathlib.Path, main: 
                     ls.eval_time += eval_seconds
                     # Validation time is not training time: move the interval's clock past it.
                     interval_start += eval_seconds
-                    val = {"val_loss": v["loss"], "val_accuracy": v["accuracy"]}
+                    val = {f"val_{k}": x for k, x in v.items() if k != "examples"}
                     record = record or {"step": step, "epoch": round(step / s.steps_per_epoch, 4)}
                     record.update(val)
                     if main:
-                        bar.write(f"step {step}: val_loss {v['loss']:.4f} val_accuracy "
-                                  f"{100 * v['accuracy']:.2f}%", file=sys.stderr)
+                        bar.write(f"step {step}: {_describe_metrics(val)}", file=sys.stderr)
                 if record is not None:
                     records.append(record)
                     metrics_file.write(json.dumps(record) + "\n")
@@ -535,19 +618,18 @@ def _train(s: Setup, ckpt: checkpoint.Checkpoints, workdir: pathlib.Path, main: 
         metrics_file.close()
 
     final = run_eval(s, state, cfg.data.eval_split)
+    metric_names = [k for k in final if k not in ("loss", "examples")]
     checkpoint.save_weights(workdir, state)  # every process: orbax gathers the shards
     step = int(jax.device_get(state.step))
     summary = {
         "name": cfg.name,
         "step": step,
         "epochs": s.total_steps / s.steps_per_epoch,
-        "train_loss": last_train.get("loss"),
-        "train_accuracy": last_train.get("accuracy"),
-        "val_loss": records[-1].get("val_loss") if records else None,
-        "val_accuracy": records[-1].get("val_accuracy") if records else None,
+        "objective": s.objective.name,
+        **{f"train_{k}": last_train.get(k) for k in ("loss", *metric_names)},
+        **{f"val_{k}": records[-1].get(f"val_{k}") if records else None for k in ("loss", *metric_names)},
         "eval_split": cfg.data.eval_split,
-        "eval_loss": final["loss"],
-        "eval_accuracy": final["accuracy"],
+        **{f"eval_{k}": x for k, x in final.items() if k != "examples"},
         "eval_examples": final["examples"],
         "params": n_params,
         "non_embedding_params": acc.non_embedding_params if acc else None,
@@ -584,17 +666,18 @@ def _train(s: Setup, ckpt: checkpoint.Checkpoints, workdir: pathlib.Path, main: 
         # run only re-evaluates it, and a second row would count it twice in a fit.
         results.record(cfg, summary, workdir)
     plots.learning_curves(records, workdir / "curves.png", title=f"{cfg.name} ({type(s.model).__name__})")
-    print(f"{cfg.name}: {cfg.data.eval_split} accuracy {100 * final['accuracy']:.2f}% "
-          f"(loss {final['loss']:.4f}, {final['examples']:,} examples) after {summary['step']:,} "
+    print(f"{cfg.name}: {cfg.data.eval_split} {_describe_metrics(final)} "
+          f"({final['examples']:,} examples) after {summary['step']:,} "
           f"steps in {summary['wall_time_s']:.1f} s; {summary['examples_per_sec'] or 0:,.0f} train examples/s",
           file=sys.stderr)
     return summary
 
 
-def evaluate(config: Config, workdir: str | os.PathLike, split: str | None = None) -> dict:
+def evaluate(config: Config, workdir: str | os.PathLike, split: str | None = None, *,
+             parts: Parts | None = None) -> dict:
     """Evaluates the weights saved in `workdir` on `split` (default: the config's eval split)."""
     workdir = pathlib.Path(workdir)
-    s = setup(config)
+    s = setup(config, parts)
     # A fresh state gives structure and placement; its weights are then replaced by the saved ones.
     fresh = s.init_fn()
     saved = checkpoint.restore_weights(workdir, {"params": fresh.params, "model_state": fresh.model_state})

@@ -8,6 +8,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxmodels.models import interface
+from jaxmodels.models.interface import as_model
+
 
 @flax.struct.dataclass
 class TrainState:
@@ -29,13 +32,14 @@ class TrainState:
     loss_stats: jax.Array
 
 
-def init_state(model: nn.Module, tx: optax.GradientTransformation, example_input: jax.Array,
+def init_state(model, tx: optax.GradientTransformation, example_input: jax.Array,
                seed: int) -> TrainState:
-    """A fresh state. Pure in `seed`, so it can run under `jax.jit(..., out_shardings=...)` and be
-    born sharded. `example_input` only provides shapes (one example is enough)."""
+    """A fresh state for `model` (anything `jaxmodels.as_model` accepts). Pure in `seed`, so it
+    can run under `jax.jit(..., out_shardings=...)` and be born sharded. `example_input` only
+    provides shapes (one example is enough)."""
     root = jax.random.key(seed)
     init_key, train_key = jax.random.split(root)
-    variables = model.init({"params": init_key, "dropout": init_key}, example_input, train=False)
+    variables = dict(as_model(model).init(init_key, example_input))
     # Parameters carry logical axis names as metadata boxes; the state holds plain arrays and the
     # names are read separately (parallel layer) from the boxed tree.
     variables = nn.meta.unbox(variables)
@@ -50,12 +54,10 @@ def init_state(model: nn.Module, tx: optax.GradientTransformation, example_input
     )
 
 
-def abstract_variables(model: nn.Module, example_input: jax.Array):
+def abstract_variables(model, example_input: jax.Array):
     """The model's variables as shapes only (`jax.eval_shape`: nothing is allocated), still
     boxed with their logical axis names, for deriving shardings before the state exists."""
-    key = jax.random.key(0)
-    return jax.eval_shape(lambda: model.init({"params": key, "dropout": key}, example_input,
-                                             train=False))
+    return interface.abstract_variables(as_model(model), example_input)
 
 
 def count_params(params) -> int:

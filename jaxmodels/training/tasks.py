@@ -156,22 +156,24 @@ def build(cfg: DataConfig):
 def resolve_model(model_cfg, task):
     """The model config with what the task decides filled in, or a one-line error on a
     mismatch (a classifier on text, a vocabulary smaller than the tokenizer's, ...)."""
+    if not (hasattr(model_cfg, "vocab_size") or hasattr(model_cfg, "num_classes")):
+        return model_cfg  # a model that declares neither sizes itself from its own fields
     is_lm_model = hasattr(model_cfg, "vocab_size") and not hasattr(model_cfg, "num_classes")
     kind = model_cfg.kind
     if hasattr(model_cfg, "vocab_size") and hasattr(model_cfg, "num_classes"):
         raise UserError(f"model kind '{kind}' classifies token sequences and no text-classification "
                         f"dataset is bundled yet: call it from Python with your own batches")
-    if isinstance(task, LMTask) != is_lm_model:
+    if isinstance(task, (LMTask, ImageTask)) and isinstance(task, LMTask) != is_lm_model:
         want = ("a text dataset (e.g. data.dataset=shakespeare)" if is_lm_model
                 else "an image dataset (e.g. data.dataset=mnist)")
         raise UserError(f"model kind '{kind}' needs {want}, got data.dataset={task.name}")
-    if hasattr(model_cfg, "vocab_size"):
+    if hasattr(model_cfg, "vocab_size") and getattr(task, "num_outputs", None):
         if model_cfg.vocab_size is None:
             model_cfg = dataclasses.replace(model_cfg, vocab_size=task.num_outputs)
         elif model_cfg.vocab_size < task.num_outputs:
             raise UserError(f"model.vocab_size={model_cfg.vocab_size} is smaller than the "
                             f"{task.num_outputs} tokens of the tokenizer: set model.vocab_size=none")
-    if hasattr(model_cfg, "num_classes") and isinstance(task, ImageTask):
+    if hasattr(model_cfg, "num_classes") and getattr(task, "num_outputs", None):
         if model_cfg.num_classes != task.num_outputs:
             raise UserError(f"model.num_classes={model_cfg.num_classes} but {task.name} has "
                             f"{task.num_outputs} classes: set model.num_classes={task.num_outputs}")
