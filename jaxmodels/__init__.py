@@ -28,6 +28,20 @@ def train(config: Config, workdir, *, restart: bool = False, parts=None) -> dict
     return loop.train(config, workdir, restart=restart, parts=parts)
 
 
+def fit(model, data, **kwargs) -> dict:
+    """Keras-style training of any model on arrays or a data source (see jaxmodels/api.py)."""
+    from jaxmodels import api
+
+    return api.fit(model, data, **kwargs)
+
+
+def predict(source, inputs, **kwargs):
+    """The model's outputs for `inputs` from a workdir or a TrainState (see jaxmodels/api.py)."""
+    from jaxmodels import api
+
+    return api.predict(source, inputs, **kwargs)
+
+
 def evaluate(config: Config, workdir, split: str | None = None) -> dict:
     """Evaluates the weights saved by a training run in `workdir`."""
     from jaxmodels.training import loop
@@ -39,4 +53,4 @@ __all__ = ["Config", "DataConfig", "ObjectiveConfig", "OptimizerConfig", "TrainC
            "apply_overrides", "load_config", "train", "evaluate", "ConfigError", "DataError",
            "RunStopped", "UserError", "Model", "as_model", "register_model", "register_dataset",
            "register_objective", "objectives", "Objective", "TrainState", "make_train_step",
-           "make_eval_step"]
+           "make_eval_step", "fit", "predict"]

@@ -8,6 +8,8 @@
   jaxmodels sweep SWEEP_FILE [--workdir DIR] [--workers N] [--tiny] [--dry-run]
   jaxmodels coordcheck CONFIG [KEY=VALUE ...] [--widths 64,128,...] [--steps 5] [--out DIR]
                        [--compare]
+  jaxmodels list
+  jaxmodels show [CONFIG] [KEY=VALUE ...] [--tiny]
   jaxmodels sample --workdir DIR --prompt TEXT [--max-new-tokens N --temperature T --top-k K
                    --top-p P --seed S]
 
@@ -88,6 +90,11 @@ def _parser() -> argparse.ArgumentParser:
     sweep.add_argument("--dry-run", action="store_true",
                        help="list the runs and what each workdir holds, then exit")
     sweep.add_argument("--debug", action="store_true", help="show Python tracebacks")
+    lst = sub.add_parser("list", help="the registered models, datasets and objectives, and the "
+                                       "experiment files here")
+    lst.add_argument("--debug", action="store_true", help="show Python tracebacks")
+    show = sub.add_parser("show", help="a config resolved, with every key, its type and default")
+    common(show, config_required=False)
     sample = sub.add_parser("sample", help="generate text from a trained language model")
     sample.add_argument("--workdir", required=True, help="the workdir of a language-model run")
     sample.add_argument("--prompt", required=True)
@@ -132,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     # Overrides may also follow flags (`CONFIG --tiny train.steps=5`), which argparse alone
     # leaves over as unknown arguments.
     args, rest = parser.parse_known_args(argv)
-    stray = [r for r in rest if r.startswith("-") or "=" not in r or args.command in ("sample", "sweep")]
+    stray = [r for r in rest if r.startswith("-") or "=" not in r or args.command in ("sample", "sweep", "list")]
     if stray:
         parser.error(f"unrecognized arguments: {' '.join(stray)}")
     if not args.debug:
@@ -161,8 +168,18 @@ def main(argv: list[str] | None = None) -> int:
             outcomes = sweep.run_sweep(args.sweep_file, args.workdir, tiny=args.tiny,
                                        workers=args.workers)
             return 1 if any(o.status == "failed" for o in outcomes) else 0
+        if args.command == "list":
+            from jaxmodels import catalog
+
+            print(catalog.list_text())
+            return 0
         args.overrides = list(args.overrides) + rest
         config = _resolve(args)
+        if args.command == "show":
+            from jaxmodels import catalog
+
+            print(catalog.show_text(config))
+            return 0
         # Imported here so that `jaxmodels --help` and config errors answer before JAX starts.
         from jaxmodels.training import loop
 

@@ -163,3 +163,7 @@ for _name in ("shakespeare", "wikipedia", "text", "tiny_shakespeare", "wikitext2
     register_dataset(_name, "jaxmodels.data.builtin:text_source")
 register_objective("cross_entropy", "jaxmodels.training.objectives:cross_entropy")
 register_objective("mse", "jaxmodels.training.objectives:mse")
+# Placeholders that config.json names when `jaxmodels.fit` was handed the data or the loss in
+# Python: reading such a config back works, building from it asks for the object again.
+register_dataset("given", "jaxmodels.api:given_in_python")
+register_objective("given", "jaxmodels.api:given_in_python")

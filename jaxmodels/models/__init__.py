@@ -9,7 +9,8 @@ import flax.linen as nn
 
 from jaxmodels import registry
 from jaxmodels.models.cnn import BatchNormCNN, BatchNormCNNConfig, SeedCNN, SeedCNNConfig
-from jaxmodels.models.interface import Model, as_model, from_linen, from_nnx, from_pair
+from jaxmodels.models import interface
+from jaxmodels.models.interface import GivenModelConfig, Model, as_model, from_linen, from_nnx, from_pair
 from jaxmodels.models.mlp import MLP, MLPConfig
 from jaxmodels.models.rnn import RNNLM, RNNClassifier, RNNClassifierConfig, RNNLMConfig
 from jaxmodels.models.transformer import (TransformerClassifier, TransformerClassifierConfig, TransformerLM,
@@ -20,6 +21,7 @@ for _config, _module in ((SeedCNNConfig, SeedCNN), (BatchNormCNNConfig, BatchNor
                          (TransformerLMConfig, TransformerLM),
                          (TransformerClassifierConfig, TransformerClassifier), (ViTConfig, ViT)):
     registry.register_model(_config, _module)
+registry.register_model(GivenModelConfig, interface._given_elsewhere)
 
 
 def build(config) -> nn.Module:

@@ -25,6 +25,8 @@ Haiku-style code, without importing either). `apply` of a pair may also take `tr
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import inspect
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -170,3 +172,28 @@ def abstract_variables(model: Model, example) -> Any:
     """The variables as shapes only (`jax.eval_shape`: nothing is allocated), still boxed with
     any logical axis names, for deriving shardings before the state exists."""
     return jax.eval_shape(lambda: model.init(jax.random.key(0), example))
+
+
+@dataclasses.dataclass(frozen=True)
+class GivenModelConfig:
+    """The model section of a run whose model was handed over in Python (`jaxmodels.fit`,
+    `train(..., parts=Parts(model=...))`) rather than named by a registered config. It records
+    what the model was, so config.json says it and a resume with another model is refused."""
+
+    kind = "given"
+    name: str = "model"  # the module's class name
+    fingerprint: str = ""  # hash of the parameter tree's paths, shapes and dtypes
+
+
+def fingerprint(model: Model, example) -> str:
+    """A short hash of the model's parameter structure (paths, shapes, dtypes)."""
+    shapes = abstract_variables(model, example)
+    flat = jax.tree_util.tree_flatten_with_path(nn.meta.unbox(shapes))[0]
+    text = ";".join(f"{jax.tree_util.keystr(p)}:{tuple(x.shape)}:{x.dtype}" for p, x in flat)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _given_elsewhere(config: GivenModelConfig):
+    raise ConfigError(f"this run's model ({config.name}) was given in Python, not by a registered "
+                      f"config: pass the model again (jaxmodels.fit(model, ...) or predict(..., "
+                      f"model=model)), or register it with jaxmodels.register_model")
