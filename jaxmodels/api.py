@@ -132,7 +132,7 @@ def _finished_mismatch(workdir: pathlib.Path, config: config_lib.Config) -> str 
 def fit(model, data, *, loss="cross_entropy", optimizer="adam", learning_rate: float = 1e-3,
         batch_size: int = 32, epochs: float | None = None, steps: int | None = None,
         validation_data=None, workdir: str | os.PathLike | None = None, seed: int = 0,
-        parallel: str = "data", restart: bool = False, hooks=(), schedule: str = "constant",
+        parallel: str = "data", devices: int | None = None, restart: bool = False, hooks=(), schedule: str = "constant",
         warmup_steps: int = 0, weight_decay: float = 0.0, label_smoothing: float = 0.0,
         z_loss: float = 0.0, eval_batch_size: int = 500, log_every: int = 100,
         eval_every: int | None = None, checkpoint_every: int | None = 1000,
@@ -154,7 +154,8 @@ def fit(model, data, *, loss="cross_entropy", optimizer="adam", learning_rate: f
     validation_data: held-out `(x, y)`; eval_* and val_* are measured on it. Without it they are
       measured on the training data, and the summary says so.
     workdir: where everything is written (default runs/fit_<model name>); a second call resumes.
-    parallel: a preset ("data", "fsdp", "tensor", "fsdp_tensor") over every visible device.
+    parallel: a preset ("data", "fsdp", "tensor", "fsdp_tensor") over every visible device, or
+      over the first `devices` of them.
     hooks: training hooks (jaxmodels/training/hooks.py): early stopping, loggers, ...
 
     The summary holds at least step, train_loss, eval_loss and, under cross-entropy,
@@ -191,7 +192,7 @@ def fit(model, data, *, loss="cross_entropy", optimizer="adam", learning_rate: f
                                      log_every=log_every, eval_every=eval_every,
                                      microbatches=microbatches, nonfinite=nonfinite,
                                      progress=progress),
-        parallel=config_lib.ParallelConfig(preset=parallel),
+        parallel=config_lib.ParallelConfig(preset=parallel, devices=devices),
         checkpoint=config_lib.CheckpointConfig(every_steps=checkpoint_every),
     )
     workdir = pathlib.Path(workdir if workdir is not None else pathlib.Path("runs") / name)

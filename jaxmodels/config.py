@@ -221,6 +221,9 @@ class ParallelConfig:
     """
 
     preset: Literal["data", "fsdp", "tensor", "fsdp_tensor"] = "data"
+    # How many of the visible devices the mesh uses (None: all of them; 1: one device, the
+    # reference a sharded run is compared with).
+    devices: int | None = None
     data: int | None = None
     fsdp: int | None = None
     tensor: int | None = None
@@ -231,6 +234,8 @@ class ParallelConfig:
 
     def problems(self):
         out = []
+        if self.devices is not None and self.devices <= 0:
+            out.append(("devices", f"must be positive or none, got {self.devices}"))
         sizes = {n: getattr(self, n) for n in ("data", "fsdp", "tensor")}
         for n, v in sizes.items():
             if v is not None and v != -1 and v <= 0:

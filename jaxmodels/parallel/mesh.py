@@ -60,6 +60,14 @@ def _fmt(shape: dict[str, int]) -> str:
 def make_mesh(cfg: ParallelConfig = ParallelConfig(), devices=None) -> Mesh:
     """The ("data", "fsdp", "tensor") mesh over `devices` (default: all of them)."""
     devices = list(jax.devices() if devices is None else devices)
+    if cfg.devices is not None:
+        if jax.process_count() > 1:
+            raise UserError(f"parallel.devices={cfg.devices} picks devices of one process: leave it "
+                            f"unset in a multi-process run (every process's devices take part)")
+        if cfg.devices > len(devices):
+            raise UserError(f"parallel.devices={cfg.devices} but only {len(devices)} devices are "
+                            f"visible: lower it, or leave it unset to use all")
+        devices = devices[:cfg.devices]
     shape = mesh_shape(cfg, len(devices))
     # Auto axes: Flax's logical partitioning and GSPMD propagation expect them (JAX 0.10 defaults
     # to Explicit).
