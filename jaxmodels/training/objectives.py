@@ -98,8 +98,8 @@ def cross_entropy(label_smoothing: float = 0.0, z_loss: float = 0.0, **unused) -
 
     `label_smoothing` ε trains against (1 - ε) one-hot + ε / K uniform. `z_loss` adds
     z_loss * logsumexp(logits)² per target (PaLM's auxiliary loss that keeps the softmax
-    normaliser near 1, useful for large language models); the plain cross-entropy is then
-    reported beside the total as `nll`, and the z-term as `z_loss`."""
+    normaliser near 1, useful for large language models). With either, the plain
+    cross-entropy is reported beside the total as `nll` (and the z-term as `z_loss`)."""
     del unused  # the other fields of the objective config section
     if not 0.0 <= label_smoothing < 1.0:
         raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
@@ -107,24 +107,26 @@ def cross_entropy(label_smoothing: float = 0.0, z_loss: float = 0.0, **unused) -
         raise ValueError(f"z_loss must be >= 0, got {z_loss}")
 
     def nll(logits, targets):
-        logits = logits.astype(jnp.float32)
+        return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets)
+
+    def smoothed(logits, targets):
         if label_smoothing == 0.0:
-            return optax.softmax_cross_entropy_with_integer_labels(logits, targets)
-        k = logits.shape[-1]
-        labels = optax.smooth_labels(jax.nn.one_hot(targets, k), label_smoothing)
-        return optax.softmax_cross_entropy(logits, labels)
+            return nll(logits, targets)
+        labels = optax.smooth_labels(jax.nn.one_hot(targets, logits.shape[-1]), label_smoothing)
+        return optax.softmax_cross_entropy(logits.astype(jnp.float32), labels)
 
     def z_term(logits):
         return z_loss * jnp.square(jax.nn.logsumexp(logits.astype(jnp.float32), axis=-1))
 
     def losses(logits, targets):
-        out = nll(logits, targets)
+        out = smoothed(logits, targets)
         return out + z_term(logits) if z_loss else out
 
     def metrics(logits, targets, mask):
         out = {"accuracy": accuracy(logits, targets, mask)}
-        if z_loss:
+        if label_smoothing or z_loss:  # the loss is no longer the likelihood: report both
             out["nll"] = masked_sum(nll(logits, targets), mask)
+        if z_loss:
             out["z_loss"] = masked_sum(z_term(logits), mask)
         return out
 
