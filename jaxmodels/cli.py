@@ -208,7 +208,10 @@ def main(argv: list[str] | None = None) -> int:
             summary = loop.train(config, workdir, restart=args.restart)
             if not distributed.is_main():
                 return 0
-            print(json.dumps({k: summary[k] for k in ("step", "eval_split", "eval_loss", "eval_accuracy", "wall_time_s", "examples_per_sec")}))
+            shown = ("step", "eval_split", "eval_loss", *(k for k in summary if k.startswith("eval_")
+                                                          and k not in ("eval_split", "eval_loss", "eval_examples")),
+                     "wall_time_s", "examples_per_sec")
+            print(json.dumps({k: summary.get(k) for k in dict.fromkeys(shown)}))
         else:
             result = loop.evaluate(config, args.workdir, split=args.split)
             print(json.dumps(result))

@@ -414,6 +414,9 @@ def run_file(path: str | pathlib.Path, function: str, *, kind: str, example: str
     path = pathlib.Path(path)
     if not path.is_file():
         raise ConfigError(f"{kind} file {str(path)!r} not found: pass a path such as {example}")
+    if path.suffix != ".py":
+        raise ConfigError(f"{kind} file {str(path)!r} is not a Python file: pass a .py file defining "
+                          f"{function}(tiny=False), such as {example}")
     spec = importlib.util.spec_from_file_location(f"jaxmodels_{kind}_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
     # Registered so that the file's dataclasses can resolve their annotations (typing looks the

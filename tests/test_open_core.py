@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import pathlib
 import signal
 import subprocess
 import sys
@@ -285,48 +286,9 @@ def test_rerun_with_changed_settings_into_a_finished_workdir_is_refused(uninterr
 # ---------------------------------------------------------------------------------------------
 # An experiment file alone declares and trains its own model through the CLI.
 
-EXPERIMENT = '''
-"""A 2-block MLP-Mixer on the 8x8 digits, declared entirely in this file."""
-import dataclasses
-import flax.linen as nn
-import jaxmodels
-
-
-@dataclasses.dataclass(frozen=True)
-class MixerConfig:
-    kind = "test_mixer"
-    num_classes: int = 10
-    patch: int = 2
-    width: int = 16
-    blocks: int = 2
-
-
-class Mixer(nn.Module):
-    config: MixerConfig
-
-    @nn.compact
-    def __call__(self, x):
-        c = self.config
-        b, h, w, _ = x.shape
-        x = x.reshape(b, h // c.patch, c.patch, w // c.patch, c.patch).transpose(0, 1, 3, 2, 4)
-        x = nn.Dense(c.width)(x.reshape(b, -1, c.patch * c.patch))  # [B, tokens, width]
-        for _ in range(c.blocks):
-            y = nn.LayerNorm()(x).swapaxes(1, 2)
-            x = x + nn.Dense(x.shape[1])(nn.gelu(nn.Dense(x.shape[1])(y))).swapaxes(1, 2)
-            x = x + nn.Dense(c.width)(nn.gelu(nn.Dense(2 * c.width)(nn.LayerNorm()(x))))
-        return nn.Dense(c.num_classes)(nn.LayerNorm()(x).mean(axis=1))
-
-
-jaxmodels.register_model(MixerConfig, Mixer)
-
-
-def get_config(tiny: bool = False):
-    return jaxmodels.Config(
-        name="mixer_digits", model=MixerConfig(),
-        data=jaxmodels.DataConfig(dataset="digits", batch_size=32, eval_split="test"),
-        optimizer=jaxmodels.OptimizerConfig(learning_rate=3e-3),
-        train=jaxmodels.TrainConfig(steps=20 if tiny else 300, log_every=10, progress=False))
-'''
+# The example a researcher copies (experiments/own_model/mixer_digits.py), under its own kind.
+EXPERIMENT = (pathlib.Path(ROOT) / "experiments/own_model/mixer_digits.py").read_text().replace(
+    'kind = "mixer"', 'kind = "test_mixer"')
 
 
 def _cli(*args, cwd=ROOT):
@@ -347,7 +309,7 @@ def test_experiment_file_declares_trains_resumes_evaluates_and_plans_its_own_mod
 
     assert saved["experiment_sha256"] == hashlib.sha256(exp.read_bytes()).hexdigest()
     summary = json.loads((workdir / "summary.json").read_text())
-    assert summary["step"] == 20 and summary["eval_accuracy"] > 0.15
+    assert summary["step"] == 20 and summary["eval_accuracy"] > 0.3  # chance is 0.1
     # Resume: more steps continue from the saved run (config.json found the class again).
     out = _cli("train", str(exp), "--tiny", "train.steps=30", "--workdir", str(workdir))
     assert out.returncode == 0, out.stderr[-3000:]
@@ -364,6 +326,16 @@ def test_experiment_file_declares_trains_resumes_evaluates_and_plans_its_own_mod
     assert out.returncode == 0, out.stderr[-3000:]
     out = _cli("show", str(exp), "model.width=24")
     assert out.returncode == 0 and "* model.width" in out.stdout and "24" in out.stdout
+    # A sweep over the file's own model fields.
+    (tmp_path / "widths.py").write_text(
+        "from jaxmodels.orchestration.sweep import Sweep, grid\n"
+        "def get_sweep(tiny=False):\n"
+        "    return Sweep(config='mixer_digits.py', tiny=True, base={'train.steps': 6},\n"
+        "                 runs=grid({'model.width': [8, 12]}))\n")
+    out = _cli("sweep", str(tmp_path / "widths.py"), "--workdir", str(tmp_path / "sweep"))
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = [json.loads(line) for line in (tmp_path / "sweep" / "results.jsonl").read_text().splitlines()]
+    assert sorted(r["config"]["model"]["width"] for r in rows) == [8, 12]
     # The config reads back in a fresh process that never imported the file.
     code = f"import json, jaxmodels.config as c; print(c.from_dict(json.load(open({str(workdir / 'config.json')!r}))).model)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
