@@ -114,9 +114,7 @@ def _resolve(args) -> config_lib.Config:
         overrides.insert(0, args.config)
         args.config = None
     if args.config is None:
-        config = config_lib.Config(name="seed_cnn_mnist")
-        if args.tiny:
-            raise UserError("--tiny needs a CONFIG file (the default has no tiny variant): try experiments/configs/seed_cnn_mnist.py --tiny")
+        config = config_lib.default_config(tiny=args.tiny)
     else:
         config = config_lib.load(args.config, tiny=args.tiny)
     return config_lib.apply_overrides(config, overrides)

@@ -294,6 +294,16 @@ class Config:
             )
 
 
+def default_config(tiny: bool = False) -> Config:
+    """The embedded default `jaxmodels train` runs without a file (so an installed wheel, with no
+    experiments/ folder, has one): the classic CNN on MNIST for 10 epochs, or 60 steps with
+    `tiny`. experiments/configs/seed_cnn_mnist.py is this same config, with its docstring."""
+    if not tiny:
+        return Config(name="seed_cnn_mnist")
+    return Config(name="seed_cnn_mnist_tiny", optimizer=OptimizerConfig(name="adam", learning_rate=1e-3),
+                  train=TrainConfig(seed=0, steps=60, log_every=20, eval_every=60, progress=False))
+
+
 # ---------------------------------------------------------------------------------------------
 # Overrides: KEY=VALUE strings parsed against declared types.
 

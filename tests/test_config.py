@@ -158,3 +158,12 @@ def test_importing_jaxmodels_has_no_side_effects(tmp_path):
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "clean"
     assert not cache.exists()
+
+
+@pytest.mark.parametrize("tiny", [False, True])
+def test_embedded_default_is_the_seed_cnn_experiment(tiny):
+    # An installed wheel has no experiments/ folder: `jaxmodels train [--tiny]` must not need it,
+    # and must still mean the documented recipe.
+    loaded = C.load(ROOT / "experiments/configs/seed_cnn_mnist.py", tiny=tiny)
+    assert dataclasses.replace(loaded, experiment_file=None, experiment_sha256=None) == \
+        C.default_config(tiny=tiny)
