@@ -8,11 +8,12 @@ Nothing happens at import time.
 """
 
 from jaxmodels.data.download import fetch
-from jaxmodels.data.pipeline import TrainBatches, eval_batches, normalize
+from jaxmodels.data.pipeline import EpochShuffle, TrainBatches, eval_batches, normalize
 from jaxmodels.data.sources import IMAGE_DATASETS, ImageDataset, load_image_dataset
 
 __all__ = [
     "IMAGE_DATASETS",
+    "EpochShuffle",
     "ImageDataset",
     "TrainBatches",
     "eval_batches",
@@ -20,6 +21,16 @@ __all__ = [
     "load_image_dataset",
     "normalize",
 ]
+
+# Data sources: the protocol the loop reads, and adapters from arrays, generators and grain
+# (grain itself is imported only when from_grain runs).
+from jaxmodels.data.arrays import from_arrays  # noqa: E402
+from jaxmodels.data.generator import from_generator  # noqa: E402
+from jaxmodels.data.grain_source import from_grain  # noqa: E402
+from jaxmodels.data.source import BatchStream, DataSource, Source, check_source  # noqa: E402
+
+__all__ += ["BatchStream", "DataSource", "Source", "check_source", "from_arrays", "from_generator",
+            "from_grain"]
 
 # Text: corpora, tokenizers and language-model batches (jaxmodels.data.text, .tokenizers, .lm).
 from jaxmodels.data.lm import LMBatches, lm_eval_batches, load_lm_data  # noqa: E402

@@ -47,13 +47,48 @@ def _check_split(images: np.ndarray, labels: np.ndarray, batch_size: int) -> Non
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
 
 
-class TrainBatches:
-    """Infinite, seeded, resumable stream of full batches over one split.
+class EpochShuffle:
+    """Which examples make batch k: stream positions [k*B, (k+1)*B) of the concatenation of
+    per-epoch permutations, epoch e permuted by np.random.default_rng([seed, e]).
 
-    Batch k holds the examples at stream positions [k*B, (k+1)*B) of the concatenation of
-    per-epoch permutations, epoch e being permuted by np.random.default_rng([seed, e]). So no
-    example is ever dropped, every batch is full (one shape, one compilation), a batch may span
-    an epoch boundary, and the whole iterator state is one integer: the number of batches served.
+    No example is ever dropped, every batch is full (one shape, one compilation), a batch may
+    span an epoch boundary, and batch k depends on (seed, k) only, so a stream built on this
+    resumes from one integer. Shared by every random-access source (images, arrays, grain).
+    """
+
+    def __init__(self, num_examples: int, batch_size: int, seed: int):
+        self.num_examples, self.batch_size, self.seed = int(num_examples), int(batch_size), int(seed)
+        self._perms: dict[int, np.ndarray] = {}
+
+    def _perm(self, epoch: int) -> np.ndarray:
+        perm = self._perms.get(epoch)
+        if perm is None:
+            perm = np.random.default_rng([self.seed, epoch]).permutation(self.num_examples)
+            # Keep only this epoch's permutation: the stream moves forward, so older ones are dead.
+            self._perms = {epoch: perm}
+        return perm
+
+    def indices(self, position: int) -> np.ndarray:
+        """Split indices [B] of batch `position`."""
+        n, b = self.num_examples, self.batch_size
+        start = position * b
+        epoch, offset = divmod(start, n)
+        if offset + b <= n:  # The common case: the batch lies inside one epoch.
+            return self._perm(epoch)[offset:offset + b]
+        pieces, need = [], b
+        while need:
+            take = min(need, n - offset)
+            pieces.append(self._perm(epoch)[offset:offset + take])
+            need -= take
+            epoch, offset = epoch + 1, 0
+        return np.concatenate(pieces)
+
+
+class TrainBatches:
+    """Infinite, seeded, resumable stream of full batches over one image split.
+
+    Batch k holds the examples EpochShuffle gives for k, so the whole iterator state is one
+    integer: the number of batches served.
 
     Each batch is {"inputs": float32 images [B,H,W,C], "targets": int32 labels [B], "mask":
     float32 [B] of ones}: the key names every model family's step reads.
@@ -75,7 +110,7 @@ class TrainBatches:
         self._std = float(std)
         self._normalization = normalization
         self._position = 0
-        self._perms: dict[int, np.ndarray] = {}
+        self._order = EpochShuffle(len(images), self._batch_size, self._seed)
         self.set_state({"position": position, "seed": self._seed})
 
     @property
@@ -100,28 +135,9 @@ class TrainBatches:
         """Epochs consumed so far, fractional."""
         return self._position * self._batch_size / self.num_examples
 
-    def _perm(self, epoch: int) -> np.ndarray:
-        perm = self._perms.get(epoch)
-        if perm is None:
-            perm = np.random.default_rng([self._seed, epoch]).permutation(self.num_examples)
-            # Keep only this epoch's permutation: the stream moves forward, so older ones are dead.
-            self._perms = {epoch: perm}
-        return perm
-
     def indices(self, position: int) -> np.ndarray:
         """Split indices of batch `position` (pure: does not move the stream)."""
-        n, b = self.num_examples, self._batch_size
-        start = position * b
-        epoch, offset = divmod(start, n)
-        if offset + b <= n:  # The common case: the batch lies inside one epoch.
-            return self._perm(epoch)[offset:offset + b]
-        pieces, need = [], b
-        while need:
-            take = min(need, n - offset)
-            pieces.append(self._perm(epoch)[offset:offset + take])
-            need -= take
-            epoch, offset = epoch + 1, 0
-        return np.concatenate(pieces)
+        return self._order.indices(position)
 
     def __iter__(self) -> TrainBatches:
         return self

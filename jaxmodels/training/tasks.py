@@ -1,8 +1,10 @@
 """Tasks: what the loop trains on, built from the data section of a config.
 
-A task turns a dataset into batches of the one format every step reads ({"inputs", "targets",
-"mask"}) and says what a model needs to know about it (input shape, number of outputs). Image
-classification and language modelling are the two tasks; the loop never asks which one it has.
+A task is a data source (jaxmodels/data/source.py): batches of the one format every step reads
+({"inputs", "targets", "mask"}) and what a model needs to know about the data (input shape,
+number of outputs). `build` looks the dataset up in the registry, so the package's image and
+text datasets (jaxmodels/data/builtin.py) and a user's registered ones are built alike; the loop
+never asks which one it has.
 """
 
 from __future__ import annotations
@@ -10,120 +12,15 @@ from __future__ import annotations
 import dataclasses
 import json
 import pathlib
-from collections.abc import Iterator
-from typing import Any
 
-import numpy as np
-
-from jaxmodels import data
+from jaxmodels import data, registry
 from jaxmodels.config import DataConfig
+from jaxmodels.data.builtin import TOKENIZER_FILE, ImageTask, LMTask
+from jaxmodels.data.source import check_source
 from jaxmodels.errors import UserError
 
-IMAGE_DATASETS = ("mnist", "fashion_mnist", "digits")
-TOKENIZER_FILE = "tokenizer.json"
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class ImageTask:
-    """Image classification: targets [B], one per image."""
-
-    dataset: data.ImageDataset
-    cfg: DataConfig
-    tokens_per_example = 1
-
-    @property
-    def name(self) -> str:
-        return self.dataset.name
-
-    @property
-    def splits(self) -> tuple[str, ...]:
-        return tuple(self.dataset.splits)
-
-    @property
-    def example_inputs(self) -> np.ndarray:
-        return np.zeros((1, *self.dataset.splits["train"][0].shape[1:]), np.float32)
-
-    @property
-    def num_outputs(self) -> int:
-        return self.dataset.num_classes
-
-    @property
-    def train_size(self) -> int:
-        """Training examples in one epoch."""
-        return len(self.dataset.splits["train"][1])
-
-    def describe(self) -> str:
-        return f"{self.name} ({self.train_size:,} train examples, {self.dataset.source})"
-
-    def train_batches(self, seed: int) -> data.TrainBatches:
-        images, labels = self.dataset.splits["train"]
-        return data.TrainBatches(images, labels, batch_size=self.cfg.batch_size, seed=seed,
-                                 mean=self.dataset.mean, std=self.dataset.std,
-                                 normalization=self.cfg.normalization)
-
-    def eval_batches(self, split: str, *, periodic: bool = False) -> Iterator[dict]:
-        del periodic  # image splits are small enough to evaluate whole every time
-        images, labels = self.dataset.splits[split]
-        return data.eval_batches(images, labels, batch_size=self.cfg.eval_batch_size,
-                                 mean=self.dataset.mean, std=self.dataset.std,
-                                 normalization=self.cfg.normalization)
-
-    def save(self, workdir: pathlib.Path) -> None:
-        del workdir  # nothing beyond the config is needed to rebuild it
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class LMTask:
-    """Next-token prediction over a tokenised corpus: targets [B, T]."""
-
-    corpus: Any  # data.TextCorpus
-    tokenizer: Any  # data.Tokenizer
-    ids: dict[str, np.ndarray]
-    cfg: DataConfig
-
-    @property
-    def name(self) -> str:
-        return self.corpus.name
-
-    @property
-    def tokens_per_example(self) -> int:
-        return self.cfg.seq_len
-
-    @property
-    def splits(self) -> tuple[str, ...]:
-        return tuple(self.ids)
-
-    @property
-    def example_inputs(self) -> np.ndarray:
-        return np.zeros((1, self.cfg.seq_len), np.int32)
-
-    @property
-    def num_outputs(self) -> int:
-        return self.tokenizer.vocab_size
-
-    @property
-    def train_size(self) -> int:
-        """Windows in one epoch: an epoch is one pass over the training tokens."""
-        return max(1, len(self.ids["train"]) // self.cfg.seq_len)
-
-    def describe(self) -> str:
-        return (f"{self.name} ({len(self.ids['train']):,} train tokens, {self.tokenizer.kind} "
-                f"tokenizer, vocabulary {self.tokenizer.vocab_size}, {self.corpus.source})")
-
-    def train_batches(self, seed: int):
-        return data.LMBatches(self.ids["train"], batch_size=self.cfg.batch_size,
-                              seq_len=self.cfg.seq_len, seed=seed)
-
-    def eval_batches(self, split: str, *, periodic: bool = False) -> Iterator[dict]:
-        # Periodic validation reads the split's first eval_windows windows (fast and always the
-        # same ones, so curves are comparable); the final evaluation reads all of it.
-        limit = self.cfg.eval_windows if periodic else None
-        return data.lm_eval_batches(self.ids[split], batch_size=self.cfg.eval_batch_size,
-                                    seq_len=self.cfg.seq_len, max_windows=limit)
-
-    def save(self, workdir: pathlib.Path) -> None:
-        (workdir / TOKENIZER_FILE).write_text(json.dumps(self.tokenizer.to_json()))
-
+__all__ = ["ImageTask", "LMTask", "TOKENIZER_FILE", "build", "load_tokenizer",
+           "resolve_model"]
 
 def load_tokenizer(workdir: pathlib.Path):
     path = pathlib.Path(workdir) / TOKENIZER_FILE
@@ -133,20 +30,14 @@ def load_tokenizer(workdir: pathlib.Path):
 
 
 def build(cfg: DataConfig):
-    """The task for a data config, with its dataset loaded (offline first)."""
-    if cfg.dataset in IMAGE_DATASETS:
-        dataset = data.load_image_dataset(cfg.dataset, data_dir=cfg.data_dir,
-                                          download=cfg.download, mirror=cfg.mirror)
-        task = ImageTask(dataset, cfg)
-    else:
-        corpus, tokenizer, ids = data.load_lm_data(
-            cfg.dataset, tokenizer=cfg.tokenizer, vocab_size=cfg.vocab_size,
-            data_dir=cfg.data_dir, download=cfg.download, mirror=cfg.mirror)
-        task = LMTask(corpus, tokenizer, ids, cfg)
-        shortest = min(len(v) for v in ids.values())
-        if cfg.seq_len + 1 > shortest:
-            raise UserError(f"data.seq_len={cfg.seq_len} is longer than the shortest split of "
-                            f"{cfg.dataset} ({shortest} tokens): lower data.seq_len")
+    """The data source for a data config: the registered dataset's build(cfg), checked to be a
+    DataSource that has the split data.eval_split asks for."""
+    where = f"the build function of dataset {cfg.dataset!r}"
+    task = check_source(registry.dataset(cfg.dataset)(cfg), where)
+    built_for = getattr(task, "batch_size", None)
+    if built_for is not None and built_for != cfg.batch_size:
+        raise UserError(f"{where} made batches of {built_for} but data.batch_size={cfg.batch_size}: "
+                        f"build the source with batch_size=cfg.batch_size")
     if cfg.eval_split not in task.splits:
         raise UserError(f"data.eval_split={cfg.eval_split}: {task.name} has no {cfg.eval_split} "
                         f"split (it has {', '.join(task.splits)}): set data.eval_split=validation")
