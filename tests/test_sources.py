@@ -375,3 +375,33 @@ def test_grain_bad_inputs():
     with pytest.raises(DataError) as info:
         data.from_grain([1, 2, 3], batch_size=4)
     assert "MapDataset" in one_line(info)
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop reads a registered source like a built-in one
+
+
+def test_training_on_a_registered_regression_dataset(monkeypatch, tmp_path):
+    import flax.linen as nn
+
+    import jaxmodels
+    from jaxmodels.training.loop import Parts
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 4)).astype(np.float32)
+    y = x @ rng.normal(size=(4, 3)).astype(np.float32)  # float targets [N, 3]
+
+    def build(cfg):
+        return data.from_arrays((x, y), validation=(x[:16], y[:16]), test=(x[16:26], y[16:26]),
+                                batch_size=cfg.batch_size, eval_batch_size=cfg.eval_batch_size,
+                                name="linear")
+
+    monkeypatch.setitem(registry.DATASETS, "linear", build)
+    cfg = jaxmodels.apply_overrides(jaxmodels.Config(), [
+        "data.dataset=linear", "data.batch_size=8", "data.eval_batch_size=16", "train.steps=40",
+        "objective.name=mse", "optimizer.schedule=constant", "optimizer.learning_rate=0.05"])
+    summary = jaxmodels.train(cfg, tmp_path, parts=Parts(model=nn.Dense(3)))
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    val = [r["val_loss"] for r in records if "val_loss" in r]
+    assert len(val) >= 2 and val[-1] < 0.5 * val[0]  # it learns the linear map
+    assert summary["eval_examples"] == 10  # the padded test batch counted once per example
