@@ -375,6 +375,13 @@ def test_grain_bad_inputs():
     with pytest.raises(DataError) as info:
         data.from_grain([1, 2, 3], batch_size=4)
     assert "MapDataset" in one_line(info)
+    with pytest.raises(DataError) as info:
+        data.from_grain(ds, validation=iter([ds[0]]), batch_size=4)
+    assert "one-shot" in one_line(info)
+    listed = data.from_grain(ds, validation=[ds[i] for i in range(5)], batch_size=4)
+    passes = [list(listed.eval_batches("validation")) for _ in range(2)]  # read again each time
+    assert_same_batches(*passes)
+    assert passes[0][-1]["mask"].tolist() == [1, 0, 0, 0]
 
 
 # ---------------------------------------------------------------------------------------------

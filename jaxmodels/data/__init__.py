@@ -5,6 +5,11 @@ as data_dir, a system dataset package, the user cache) and touch the network onl
 caller passes download=True, and then only to fetch checksum-verified files into the cache.
 When nothing is found the error says which package or command installs the data offline.
 Nothing happens at import time.
+
+What the training loop reads is a data source (the protocol in jaxmodels/data/source.py). The
+built-in datasets are sources (data/builtin.py); a researcher's own data becomes one with
+from_arrays (numpy in memory), from_generator (a function (seed, start) -> batches) or
+from_grain (a grain MapDataset or IterDataset), and a name with jaxmodels.register_dataset.
 """
 
 from jaxmodels.data.download import fetch

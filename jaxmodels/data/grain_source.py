@@ -132,7 +132,8 @@ def from_grain(train, validation=None, test=None, *, batch_size: int,
       train: a finite grain.MapDataset (shuffled here per epoch by the run's seed, state one
         integer), or an endless grain.IterDataset, or a function seed -> IterDataset so that
         train.seed matters (a fixed IterDataset ignores the seed: it shuffles as it was built).
-      validation, test: a MapDataset or a finite iterable of elements.
+      validation, test: a MapDataset, or a finite re-iterable of elements (an IterDataset
+        without .repeat(), a list), read again for every evaluation.
       batch_size: training examples per batch. An IterDataset is batched here with
         .batch(batch_size, drop_remainder=True) unless `batched` says it already yields batches.
       train_size: examples per epoch; required for an IterDataset (a MapDataset has len).
@@ -182,6 +183,10 @@ def from_grain(train, validation=None, test=None, *, batch_size: int,
             size = _finite_len(split, which)
             evals[which] = (lambda g, size: lambda periodic: padded_eval_batches(g, size, eb))(
                 _map_gatherer(split), size)
+        elif isinstance(split, Iterator):
+            raise DataError(f"from_grain: the {which} split is a one-shot iterator, which the "
+                            f"second evaluation would find empty: give a MapDataset, an "
+                            f"IterDataset or a list")
         elif isinstance(split, Iterable):
             guard = f"{name}'s {which} split"
             evals[which] = (lambda s, w: lambda periodic: map(ShapeGuard(w, _FIX), _iter_eval(s, eb)))(split, guard)
