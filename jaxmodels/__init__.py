@@ -9,6 +9,10 @@ Importing this package changes no global JAX setting and touches no file or netw
 
 from jaxmodels.config import Config, DataConfig, ObjectiveConfig, OptimizerConfig, TrainConfig, apply_overrides
 from jaxmodels.config import load as load_config
+from jaxmodels.data.arrays import from_arrays
+from jaxmodels.data.generator import from_generator
+from jaxmodels.data.grain_source import from_grain
+from jaxmodels.data.source import BatchStream, DataSource
 from jaxmodels.errors import ConfigError, DataError, RunStopped, UserError
 from jaxmodels.models.interface import Model, as_model
 from jaxmodels.registry import register_dataset, register_model, register_objective
@@ -53,4 +57,5 @@ __all__ = ["Config", "DataConfig", "ObjectiveConfig", "OptimizerConfig", "TrainC
            "apply_overrides", "load_config", "train", "evaluate", "ConfigError", "DataError",
            "RunStopped", "UserError", "Model", "as_model", "register_model", "register_dataset",
            "register_objective", "objectives", "Objective", "TrainState", "make_train_step",
-           "make_eval_step", "fit", "predict"]
+           "make_eval_step", "fit", "predict", "from_arrays", "from_generator", "from_grain",
+           "DataSource", "BatchStream"]

@@ -77,7 +77,8 @@ def pair_init(rng, example):
 
 
 def pair_apply(params, x):
-    return jax.nn.relu(x @ params["w1"] + params["b1"]) @ params["w2"] + params["b2"]
+    hidden = jax.nn.relu(x @ params["w1"] + params["b1"][None])
+    return hidden @ params["w2"] + params["b2"][None]
 
 
 MODELS = {

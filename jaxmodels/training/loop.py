@@ -40,6 +40,7 @@ import numpy as np
 import tqdm
 
 from jaxmodels import config as config_lib
+from jaxmodels import data as data_lib
 from jaxmodels import models
 from jaxmodels.config import Config
 from jaxmodels.errors import RunStopped, UserError
@@ -143,7 +144,11 @@ def setup(config: Config, parts: Parts | None = None) -> Setup:
     # Mesh mistakes are cheap to find: report them before loading data or compiling anything.
     mesh = mesh_lib.make_mesh(config.parallel)
     mesh_lib.check_batch_size(config.data.batch_size, mesh)
-    task = parts.data if parts.data is not None else tasks.build(config.data)
+    if parts.data is not None:
+        task = data_lib.check_source(parts.data, "the data source")
+        tasks.check_source_fits(task, config.data)
+    else:
+        task = tasks.build(config.data)
     config = dataclasses.replace(config, model=tasks.resolve_model(config.model, task))
     steps_per_epoch = task.train_size / config.data.batch_size
     steps = total_steps(config.train, steps_per_epoch)

@@ -31,16 +31,25 @@ def load_tokenizer(workdir: pathlib.Path):
 
 def build(cfg: DataConfig):
     """The data source for a data config: the registered dataset's build(cfg), checked to be a
-    DataSource that has the split data.eval_split asks for."""
+    DataSource that fits the config (see `check_source_fits`)."""
     where = f"the build function of dataset {cfg.dataset!r}"
-    task = check_source(registry.dataset(cfg.dataset)(cfg), where)
+    return check_source_fits(check_source(registry.dataset(cfg.dataset)(cfg), where), cfg, where)
+
+
+def check_source_fits(task, cfg: DataConfig, where: str = "the data source"):
+    """`task`, after checking that its batches are data.batch_size and that it has the splits
+    the loop reads: validation (periodic validation) and data.eval_split (the final one)."""
     built_for = getattr(task, "batch_size", None)
     if built_for is not None and built_for != cfg.batch_size:
         raise UserError(f"{where} made batches of {built_for} but data.batch_size={cfg.batch_size}: "
                         f"build the source with batch_size=cfg.batch_size")
-    if cfg.eval_split not in task.splits:
-        raise UserError(f"data.eval_split={cfg.eval_split}: {task.name} has no {cfg.eval_split} "
-                        f"split (it has {', '.join(task.splits)}): set data.eval_split=validation")
+    for split, fix in (("validation", "give the source a validation split"),
+                       (cfg.eval_split, "set data.eval_split=validation")):
+        if split not in task.splits:
+            raise UserError(f"data.eval_split={cfg.eval_split}: {task.name} has no {split} split (it "
+                            f"has {', '.join(task.splits)}): {fix}" if split == cfg.eval_split else
+                            f"{task.name} has no validation split (it has {', '.join(task.splits)}), "
+                            f"which periodic validation reads: {fix}")
     return task
 
 
