@@ -36,6 +36,12 @@ def learning_curves(records: list[dict], path: pathlib.Path, title: str = "",
                     loss_label: str = "cross-entropy (nats)") -> pathlib.Path:
     """Loss (labelled `loss_label`, the objective's), one panel per metric of the objective and
     the learning rate against step (train and validation) in one PNG."""
+    curves_figure(records, title, loss_label).savefig(path)
+    return path
+
+
+def curves_figure(records: list[dict], title: str = "", loss_label: str = "loss") -> Figure:
+    """The figure `learning_curves` saves (panels: loss, each metric, learning rate)."""
     names = metric_names(records)
     fig = Figure(figsize=(4.3 * (2 + len(names)), 3.8), dpi=110)
     FigureCanvasAgg(fig)
@@ -56,5 +62,4 @@ def learning_curves(records: list[dict], path: pathlib.Path, title: str = "",
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path)
-    return path
+    return fig
