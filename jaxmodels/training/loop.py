@@ -2,6 +2,14 @@
 
 The loop is plain Python around two jitted pure functions. It owns the I/O the steps must not do:
 batches in, metrics out (one step late, so dispatch stays asynchronous), files in the workdir.
+`_train` only strings together named pieces, each in its own file (packed sweeps reuse them):
+  periodic.py        what is due at a step (log, validation, checkpoint; epoch boundaries)
+  metrics_log.py     pending device metrics, interval means, the non-finite check, metrics.jsonl
+  throughput.py      compile time, timed intervals, examples/tokens per second, MFU/HFU
+  evaluator.py       periodic and final evaluation, named after the objective's metrics
+  run_checkpoint.py  LoopState, resume and save of (TrainState, LoopState)
+  summary.py         summary.json
+  hooks.py           user code at log, eval and checkpoint points (`train(..., hooks=...)`)
 
 Files written to WORKDIR:
   config.json     the resolved config
@@ -359,8 +367,27 @@ def _batch_shapes(s: Setup) -> dict:
             for k, v in batch.items()}
 
 
-def _train(s: Setup, ckpt: checkpoint.Checkpoints, workdir: pathlib.Path, main: bool, log,
-           t_start: float, hooks: tuple = ()) -> dict:
+@dataclasses.dataclass
+class _Session:
+    """The pieces one launch of a run strings together (see the module docstring)."""
+
+    run: RunCheckpoint
+    state: TrainState
+    ls: LoopState
+    batches: Any
+    start_step: int
+    n_params: int
+    meter: Throughput
+    mlog: MetricsLog
+    when: Periodic
+    evaluator: Evaluator
+    hooks: hooks_lib.Hooks
+
+
+def _session(s: Setup, ckpt, workdir: pathlib.Path, main: bool, log, t_start: float,
+             hooks: tuple) -> _Session:
+    """Resumes (or starts) the run and builds its pieces; writes config.json and the data's
+    files."""
     cfg = s.config
     run = RunCheckpoint(ckpt, s, workdir, log, t_start)
     resumed = run.resume()
@@ -368,7 +395,6 @@ def _train(s: Setup, ckpt: checkpoint.Checkpoints, workdir: pathlib.Path, main: 
     batches = s.task.train_batches(cfg.train.seed)
     if ls.data is not None:
         batches.set_state(ls.data)
-    start_step = int(jax.device_get(state.step))
     if main:
         (workdir / "config.json").write_text(config_lib.to_json(cfg) + "\n")
         s.task.save(workdir)
@@ -380,22 +406,33 @@ def _train(s: Setup, ckpt: checkpoint.Checkpoints, workdir: pathlib.Path, main: 
                        peak=hardware.peak_flops(s.mesh.devices.flat[0]) if flops else None)
     mlog = MetricsLog(ls, records, workdir / "metrics.jsonl" if main else None,
                       guarded=cfg.train.nonfinite == "skip" or cfg.train.spike_sigma is not None)
-    when = Periodic.from_config(cfg, s.total_steps, s.steps_per_epoch)
     evaluator = Evaluator(lambda st, split, periodic: run_eval(s, st, split, periodic=periodic),
                           cfg.data.eval_split, meter=meter)
     hk = hooks_lib.Hooks(hooks, ls)
-    hk.where = run.where
+    # A failing hook's message names the checkpoint to resume from: the one in flight counts.
+    hk.where = lambda: (ckpt.wait(), run.where())[1]
+    start_step = int(jax.device_get(state.step))
     hk.call("start", start_step, hooks_lib.Context(workdir, s.model, cfg, tuple(records), main))
+    return _Session(run, state, ls, batches, start_step, n_params, meter, mlog,
+                    Periodic.from_config(cfg, s.total_steps, s.steps_per_epoch), evaluator, hk)
+
+
+def _train(s: Setup, ckpt: checkpoint.Checkpoints, workdir: pathlib.Path, main: bool, log,
+           t_start: float, hooks: tuple = ()) -> dict:
+    cfg = s.config
+    se = _session(s, ckpt, workdir, main, log, t_start, hooks)
+    state, ls, start_step = se.state, se.ls, se.start_step
+    meter, mlog, when, evaluator, hk = se.meter, se.mlog, se.when, se.evaluator, se.hooks
 
     def check_finite() -> None:
         bad = mlog.nonfinite() if cfg.train.nonfinite == "stop" else None
         if bad is not None:
-            raise run.nonfinite_stop(bad)
+            raise se.run.nonfinite_stop(bad)
 
     def save(step: int, val: dict | None) -> None:
         check_finite()  # never checkpoint a state that went non-finite
         hk.save_into(ls)
-        run.save(step, state, ls, batches, mlog.fetch(), val)
+        se.run.save(step, state, ls, se.batches, mlog.fetch(), val)
 
     # A run a hook stopped stays stopped: relaunching it only evaluates.
     last = start_step if ls.stopped else s.total_steps
@@ -405,7 +442,7 @@ def _train(s: Setup, ckpt: checkpoint.Checkpoints, workdir: pathlib.Path, main: 
     try:
         with _SignalFlag() as signals:
             for step in range(start_step + 1, last + 1):
-                state, metrics = s.train_step(state, distributed.put_batch(next(batches), s.batch_sharding))
+                state, metrics = s.train_step(state, distributed.put_batch(next(se.batches), s.batch_sharding))
                 mlog.add(step, metrics)
                 meter.stepped(step == start_step + 1, metrics)
                 bar.update(1)
@@ -443,7 +480,7 @@ def _train(s: Setup, ckpt: checkpoint.Checkpoints, workdir: pathlib.Path, main: 
     finally:
         bar.close()
         mlog.close()
-    return _finish(s, state, evaluator, mlog, meter, ls, n_params, start_step, workdir, main, t_start)
+    return _finish(s, state, evaluator, mlog, meter, ls, se.n_params, start_step, workdir, main, t_start)
 
 
 def _finish(s: Setup, state, evaluator, mlog, meter, ls, n_params, start_step, workdir, main,
