@@ -317,23 +317,30 @@ def poison(monkeypatch):
 
     class Poison:
         steps: set = set()
+        value = np.nan  # None: the inputs times 1e3 instead (finite, a loss spike)
 
     real_next = TrainBatches.__next__
 
     def poisoned_next(self):
         batch = real_next(self)
         if self.position in Poison.steps:
-            batch = dict(batch, inputs=np.full_like(batch["inputs"], np.nan))
+            bad = batch["inputs"] * 1e3 if Poison.value is None else np.full_like(batch["inputs"], Poison.value)
+            batch = dict(batch, inputs=bad)
         return batch
 
     monkeypatch.setattr(TrainBatches, "__next__", poisoned_next)
     return Poison
 
 
-def test_skip_policy_packed_equals_separate(tmp_path, poison):
-    poison.steps = {4, 13}
+@pytest.mark.parametrize("guard, value, steps", [
+    ({"nonfinite": "skip"}, np.nan, {4, 13}),
+    # Spikes: inputs 1000 times too large, after the window's 5 accepted losses.
+    ({"spike_sigma": 3.0, "spike_window": 5}, None, {9, 16}),
+], ids=["nonfinite_skip", "spike_guard"])
+def test_guarded_packed_run_equals_separate(tmp_path, poison, guard, value, steps):
+    poison.steps, poison.value = steps, value
     config = dataclasses.replace(MLP_DIGITS, train=dataclasses.replace(
-        MLP_DIGITS.train, steps=20, nonfinite="skip"))
+        MLP_DIGITS.train, steps=20, **guard))
     variants = (packed.Variant(seed=0), packed.Variant(seed=1, learning_rate=5e-3))
     p = packed.setup(config, variants)
     states, summaries = packed.run(p, progress=False)
