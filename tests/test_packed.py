@@ -145,8 +145,9 @@ def test_reported_learning_rates_follow_the_schedule_scaled_per_model(mlp_sweep,
     lrs = [[json.loads(line).get("learning_rate") for line in
             (workdir / f"metrics_{k}.jsonl").read_text().splitlines()] for k in range(3)]
     schedule = optim.make(MLP_DIGITS.optimizer, 30)[1]
-    # Interval means of the per-step rates (steps 2-10 for the first interval: step 1 compiles).
-    expected = [np.mean([schedule(t) for t in range(1, 10)]), None,
+    # Interval means of the per-step rates, the first (compiling) step included as in the loop:
+    # step t runs at schedule(t - 1).
+    expected = [np.mean([schedule(t) for t in range(0, 10)]), None,
                 np.mean([schedule(t) for t in range(10, 20)]), np.mean([schedule(t) for t in range(20, 30)])]
     for k, peak in enumerate((2e-3, 5e-3, 2e-3)):
         got = [x for x in lrs[k] if x is not None]
@@ -263,3 +264,94 @@ def test_tiny_transformer_lm_packed_equals_the_loop(tmp_path):
     assert_trees_close(packed.unstack(states, 1).params, state.params)
     assert summaries[1]["train_loss"] == pytest.approx(train_loss, rel=LOSS_RTOL)
     assert summaries[0]["train_loss"] != pytest.approx(summaries[1]["train_loss"], rel=1e-3)
+
+
+# ---------------------------------------------------------------------------------------------
+# The packed step is the loop's: muP multipliers and the non-finite guard come with it.
+
+
+def _assert_equals_separate_run(ours: dict, state, config: Config, workdir):
+    separate = jaxmodels.train(config, workdir)
+    assert ours["step"] == separate["step"]
+    for key in ("train_loss", "val_loss", "eval_loss"):
+        assert ours[key] == pytest.approx(separate[key], rel=LOSS_RTOL), key
+    for key in ("train_accuracy", "val_accuracy", "eval_accuracy"):
+        assert ours[key] == pytest.approx(separate[key], abs=1e-6), key
+    assert ours["skipped_updates"] == separate["skipped_updates"]
+    saved = checkpoint.restore_weights(workdir, {"params": state.params, "model_state": state.model_state})
+    assert_trees_close(state.params, saved["params"])
+    return separate
+
+
+MUP_DIGITS = dataclasses.replace(
+    MLP_DIGITS, name="packed_mup_digits",
+    # Width 64 against a base of 16: the hidden matrix trains at a quarter of the rate, so a
+    # sweep that dropped the multipliers would end far from the separate runs.
+    model=MLPConfig(hidden=(64,), parametrization="mup", base_width=16),
+    train=dataclasses.replace(MLP_DIGITS.train, steps=20, log_every=10, eval_every=10))
+
+
+def test_mup_sweep_equals_separate_mup_runs(tmp_path):
+    variants = (packed.Variant(seed=0), packed.Variant(seed=1, learning_rate=5e-3))
+    states, summaries = packed.run(packed.setup(MUP_DIGITS, variants), progress=False)
+    for k, variant in enumerate(variants):
+        _assert_equals_separate_run(summaries[k], packed.unstack(states, k),
+                                    separate_config(MUP_DIGITS, variant), tmp_path / f"run{k}")
+
+
+def test_mup_multipliers_change_the_packed_run():
+    # The equivalence above could hold with no muP at all only if the multipliers did nothing.
+    standard = dataclasses.replace(MUP_DIGITS, model=dataclasses.replace(MUP_DIGITS.model,
+                                                                         base_width=64))
+    variants = (packed.Variant(seed=0),)
+    ours = packed.run(packed.setup(MUP_DIGITS, variants), progress=False)[1][0]
+    plain = packed.run(packed.setup(standard, variants), progress=False)[1][0]
+    assert abs(ours["train_loss"] - plain["train_loss"]) > 1e-3
+
+
+@pytest.fixture
+def poison(monkeypatch):
+    """NaN inputs in the train batches of the steps in `poison.steps` (1-based), in every
+    stream (as tests/test_checkpoint.py poisons the loop's)."""
+    from jaxmodels.data.pipeline import TrainBatches
+
+    class Poison:
+        steps: set = set()
+        value = np.nan  # None: the inputs times 1e3 instead (finite, a loss spike)
+
+    real_next = TrainBatches.__next__
+
+    def poisoned_next(self):
+        batch = real_next(self)
+        if self.position in Poison.steps:
+            bad = batch["inputs"] * 1e3 if Poison.value is None else np.full_like(batch["inputs"], Poison.value)
+            batch = dict(batch, inputs=bad)
+        return batch
+
+    monkeypatch.setattr(TrainBatches, "__next__", poisoned_next)
+    return Poison
+
+
+@pytest.mark.parametrize("guard, value, steps", [
+    ({"nonfinite": "skip"}, np.nan, {4, 13}),
+    # Spikes: inputs 1000 times too large, after the window's 5 accepted losses.
+    ({"spike_sigma": 3.0, "spike_window": 5}, None, {9, 16}),
+], ids=["nonfinite_skip", "spike_guard"])
+def test_guarded_packed_run_equals_separate(tmp_path, poison, guard, value, steps):
+    poison.steps, poison.value = steps, value
+    config = dataclasses.replace(MLP_DIGITS, train=dataclasses.replace(
+        MLP_DIGITS.train, steps=20, **guard))
+    variants = (packed.Variant(seed=0), packed.Variant(seed=1, learning_rate=5e-3))
+    p = packed.setup(config, variants)
+    states, summaries = packed.run(p, progress=False)
+    assert [s["skipped_updates"] for s in summaries] == [2, 2]
+    assert all(np.isfinite(s["train_loss"]) and np.isfinite(s["eval_loss"]) for s in summaries)
+    _assert_equals_separate_run(summaries[1], packed.unstack(states, 1),
+                                separate_config(config, variants[1]), tmp_path / "run")
+
+
+def test_nonfinite_stop_stops_only_that_model_and_says_so(poison):
+    poison.steps = {7}
+    config = dataclasses.replace(MLP_DIGITS, train=dataclasses.replace(MLP_DIGITS.train, steps=10))
+    states, summaries = packed.run(packed.setup(config, (packed.Variant(seed=0),)), progress=False)
+    assert summaries[0]["stopped"] == {"step": 7, "reason": "non-finite loss (nan)"}

@@ -15,8 +15,11 @@ one config, so the models cannot differ in shape; a sweep over widths or depths 
 
 Model k is the separate run `jaxmodels.train(config with train.seed=seed_k and
 optimizer.learning_rate=lr_k)`: it reads the same batch stream (`task.train_batches(seed_k)`),
-starts from the same initial state and takes the same steps (tests/test_packed.py compares
-the two). The learning rate lives in each model's optimizer state (`optax.inject_hyperparams`)
+starts from the same initial state and takes the same steps, built by the same
+`make_train_step` with the config's objective, muP learning-rate multipliers,
+`train.nonfinite` and spike guard (tests/test_packed.py compares the two). The loop around the
+step is the training loop's own pieces (training/periodic.py, metrics_log.py, throughput.py,
+evaluator.py, summary.py), so the records and their means are the loop's. The learning rate lives in each model's optimizer state (`optax.inject_hyperparams`)
 and scales the config's schedule shape (warmup, decay, final fraction), so one program serves
 every learning rate.
 
@@ -52,9 +55,16 @@ from jaxmodels import config as config_lib
 from jaxmodels import models
 from jaxmodels.config import Config, OptimizerConfig
 from jaxmodels.errors import UserError
-from jaxmodels.training import loop, optim, tasks
+from jaxmodels.models.interface import as_model
+from jaxmodels.training import loop, mup, optim, tasks
 from jaxmodels.training import step as step_lib
+from jaxmodels.training.evaluator import Evaluator
+from jaxmodels.training.metrics_log import MetricsLog
+from jaxmodels.training.periodic import Periodic
+from jaxmodels.training.run_checkpoint import LoopState
 from jaxmodels.training.state import TrainState, count_params, init_state
+from jaxmodels.training.summary import cache_size, metric_keys
+from jaxmodels.training.throughput import Throughput
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,20 +145,21 @@ def unit_schedule(cfg: OptimizerConfig, total_steps: int) -> optim.Schedule:
     return optim.SCHEDULES[cfg.schedule](dataclasses.replace(cfg, learning_rate=1.0), total_steps)
 
 
-def injected_optimizer(cfg: OptimizerConfig, total_steps: int,
-                       learning_rate: float | jax.Array) -> optax.GradientTransformation:
+def injected_optimizer(cfg: OptimizerConfig, total_steps: int, learning_rate: float | jax.Array,
+                       lr_multipliers=None) -> optax.GradientTransformation:
     """The config's optimizer with its peak learning rate a value in the optimizer state
     (`opt_state.hyperparams["learning_rate"]`), so one traced program trains any learning rate.
 
     The optimizer factories (`optim.OPTIMIZERS`) take the schedule as a callable, so the
     learning rate enters where a separate run's does (before weight decay in adafactor, for
-    instance), not as a multiplier on the update. The clipping composed in front mirrors
+    instance), not as a multiplier on the update. The clipping composed in front and the muP
+    `lr_multipliers` (`mup.lr_multipliers`; None under the standard parametrization) mirror
     `optim.make` (tested against it).
     """
     unit = unit_schedule(cfg, total_steps)
 
     def factory(learning_rate):
-        tx = optim.OPTIMIZERS[cfg.name](cfg, lambda count: learning_rate * unit(count))
+        tx = optim.OPTIMIZERS[cfg.name](cfg, lambda count: learning_rate * unit(count), lr_multipliers)
         if cfg.grad_clip_norm is not None:
             tx = optax.chain(optax.clip_by_global_norm(cfg.grad_clip_norm), tx)
         return tx
@@ -178,7 +189,8 @@ class PackedSetup:
 
 def setup(config: Config, variants: Sequence[Variant]) -> PackedSetup:
     """Checks the variants, loads the task and builds the jitted functions (nothing compiles
-    until their first call)."""
+    until their first call). The step is the loop's own `make_train_step` with the config's
+    objective, muP multipliers, `train.nonfinite` and spike guard, as a separate run builds it."""
     variants = check_variants(variants)
     if jax.process_count() > 1:
         raise UserError("packed sweeps run in one process: start it without --num-processes")
@@ -186,11 +198,13 @@ def setup(config: Config, variants: Sequence[Variant]) -> PackedSetup:
     config = dataclasses.replace(config, model=tasks.resolve_model(config.model, task))
     steps_per_epoch = task.train_size / config.data.batch_size
     total = loop.total_steps(config.train, steps_per_epoch)
-    opt = config.optimizer
+    opt, t = config.optimizer, config.train
     loop.check_warmup(opt, total)  # a packed sweep refuses what a separate run would
-    model = models.build(config.model)
+    model = as_model(models.build(config.model))
+    objective = loop.build_objective(config)
     example = jnp.asarray(task.example_inputs)
     unit = unit_schedule(opt, total)
+    multipliers = mup.lr_multipliers(config.model, opt.name, model, example)
 
     seeds = np.array([v.seed for v in variants], np.int32)
     lrs = np.array([opt.learning_rate if v.learning_rate is None else v.learning_rate
@@ -198,13 +212,15 @@ def setup(config: Config, variants: Sequence[Variant]) -> PackedSetup:
     scales = np.array([v.init_scale for v in variants], np.float32)
 
     def init_one(seed, learning_rate, init_scale):
-        tx = injected_optimizer(opt, total, learning_rate)
+        tx = injected_optimizer(opt, total, learning_rate, multipliers)
         return init_scaled_state(model, tx, example, seed, init_scale)
 
     # The optimizer reads its learning rate from the state, so the one built here with the
     # config's value serves every model.
-    tx = injected_optimizer(opt, total, opt.learning_rate)
-    single_step = step_lib.make_train_step(model, tx, schedule=unit, microbatches=config.train.microbatches)
+    tx = injected_optimizer(opt, total, opt.learning_rate, multipliers)
+    single_step = step_lib.make_train_step(
+        model, tx, objective, schedule=unit, microbatches=t.microbatches, nonfinite=t.nonfinite,
+        spike_sigma=t.spike_sigma, spike_window=t.spike_window)
 
     def train_one(state: TrainState, batch):
         new_state, metrics = single_step(state, batch)
@@ -218,7 +234,7 @@ def setup(config: Config, variants: Sequence[Variant]) -> PackedSetup:
     # form (4.5 s against 9 s of CPU for a 1-layer Transformer), and init runs only once.
     init_fn = jax.jit(lambda: jax.lax.map(lambda args: init_one(*args), (seeds, lrs, scales)))
     train_step = jax.jit(jax.vmap(train_one), donate_argnums=0)
-    eval_step = jax.jit(jax.vmap(step_lib.make_eval_step(model), in_axes=(0, None)))
+    eval_step = jax.jit(jax.vmap(step_lib.make_eval_step(model, objective), in_axes=(0, None)))
     return PackedSetup(config, variants, task, model, total, steps_per_epoch, init_fn, train_step,
                        eval_step)
 
@@ -230,7 +246,7 @@ def stack_batches(batches: Sequence[dict]) -> dict:
 
 def evaluate(p: PackedSetup, states: TrainState, split: str, *, periodic: bool = False
              ) -> list[dict]:
-    """Each model's loss and accuracy over `split`, as `loop.run_eval` measures them: every
+    """Each model's loss and the objective's metrics over `split`, as `loop.run_eval` measures them: every
     batch is read once and shared by the K models; padded rows carry mask 0."""
     totals = None
     for batch in p.task.eval_batches(split, periodic=periodic):
@@ -242,12 +258,6 @@ def evaluate(p: PackedSetup, states: TrainState, split: str, *, periodic: bool =
             for k in range(len(p.variants))]
 
 
-def _interval_means(pending: list[dict], num_models: int) -> list[dict]:
-    fetched = jax.device_get(pending)
-    return [{key: float(np.mean([m[key][k] for m in fetched])) for key in fetched[0]}
-            for k in range(num_models)]
-
-
 def _write_json(path: pathlib.Path, obj) -> None:
     # Write-then-rename, so a crash never leaves a half-written summary.
     tmp = path.with_suffix(path.suffix + ".tmp")
@@ -255,18 +265,14 @@ def _write_json(path: pathlib.Path, obj) -> None:
     os.replace(tmp, path)
 
 
-def _cache_size(jitted) -> int | None:
-    size = getattr(jitted, "_cache_size", None)  # private in JAX: tolerate its absence
-    return size() if callable(size) else None
-
-
 def train_packed(config: Config, variants: Sequence[Variant],
                  workdir: str | os.PathLike | None = None, *, progress: bool = True) -> list[dict]:
     """Trains one model per variant of `config` in one compiled program; returns one summary
-    dict per variant (in order): its seed, learning_rate, init_scale, step, train_loss and
-    train_accuracy (the last logged interval's means, as in summary.json), val_loss and
-    val_accuracy (the last periodic validation), eval_loss and eval_accuracy (on
-    `data.eval_split`), plus the sweep's shared timings under "packed".
+    dict per variant (in order): its seed, learning_rate, init_scale, step, train_* (the last
+    logged interval's means, as in summary.json), val_* (the last periodic validation) and
+    eval_* (on `data.eval_split`), named after the objective's loss and metrics (train_loss,
+    train_accuracy, ... for cross-entropy), skipped_updates, stopped, plus the sweep's shared
+    timings under "packed".
 
     Logging and validation follow the config as the loop does (`train.log_every`,
     `train.eval_every` or each epoch); the bar shows when both `progress` and
@@ -285,10 +291,21 @@ def train_packed(config: Config, variants: Sequence[Variant],
     return summaries
 
 
+def _split(fetched: list, k: int) -> list:
+    """Model k's (step, metrics) out of the stacked ones fetched from the device."""
+    return [(step, {key: v[k] for key, v in m.items()}) for step, m in fetched]
+
+
 def run(p: PackedSetup, workdir: pathlib.Path | None = None, *, progress: bool = True,
         t_start: float | None = None) -> tuple[TrainState, list[dict]]:
     """The training loop of `train_packed` over a built setup: returns the final stacked
-    states (leading K axis; `unstack` takes one model out) and the summaries."""
+    states (leading K axis; `unstack` takes one model out) and the summaries.
+
+    The loop's own pieces around the vmapped step: one Periodic schedule, one Throughput meter
+    (the models share every step's time), one Evaluator and one MetricsLog per model, so the
+    records are the loop's, first (compiling) step included. Under train.nonfinite=stop a model
+    whose loss or gradient goes non-finite stops being logged, and its summary says so under
+    "stopped" (the others train on; a separate run of it would have stopped there)."""
     t_start = time.perf_counter() if t_start is None else t_start
     cfg, k_models = p.config, len(p.variants)
     if workdir is not None:
@@ -296,81 +313,65 @@ def run(p: PackedSetup, workdir: pathlib.Path | None = None, *, progress: bool =
         p.task.save(workdir)
 
     streams = [p.task.train_batches(v.seed) for v in p.variants]
-
-    def eval_due(step: int) -> bool:
-        if cfg.train.eval_every is not None:
-            return step % cfg.train.eval_every == 0
-        return int(step / p.steps_per_epoch) > int((step - 1) / p.steps_per_epoch)
-
     states = p.init_fn()
     n_params = count_params(jax.tree.map(lambda x: x[0], states.params))
     print(f"{cfg.name}: {k_models} packed {type(p.model).__name__} models of {n_params:,} "
           f"parameters on {p.task.describe()}; {p.total_steps:,} steps of batch "
           f"{cfg.data.batch_size} each, on one {jax.devices()[0].platform} device", file=sys.stderr)
 
-    records: list[list[dict]] = [[] for _ in range(k_models)]
-    last_train: list[dict] = [{} for _ in range(k_models)]
-    pending: list[dict] = []
-    compile_time = train_time = eval_time = 0.0
-    interval_start = time.perf_counter()
-    interval_steps = 0
+    shared = LoopState()  # the stacked pending metrics and the shared timings
+    meter = Throughput(shared, batch_size=cfg.data.batch_size,
+                       tokens_per_example=p.task.tokens_per_example, n_devices=1)
+    guarded = cfg.train.nonfinite == "skip" or cfg.train.spike_sigma is not None
+    logs = [MetricsLog(LoopState(), [], None, guarded=guarded) for _ in range(k_models)]
+    stopped: list[dict | None] = [None] * k_models
+    when = Periodic.from_config(cfg, p.total_steps, p.steps_per_epoch)
+    evaluator = Evaluator(lambda st, split, periodic: evaluate(p, st, split, periodic=periodic),
+                          cfg.data.eval_split, meter=meter)
     bar = tqdm.tqdm(total=p.total_steps, disable=not (progress and cfg.train.progress),
                     unit="step", dynamic_ncols=True, file=sys.stderr)
     try:
-        for i in range(p.total_steps):
+        for step in range(1, p.total_steps + 1):
             states, metrics = p.train_step(states, stack_batches([next(s) for s in streams]))
-            if i == 0:
-                # As in the loop: the first step is the compile; its metrics stay out of the
-                # first interval's mean, so train_loss matches a separate run's summary.
-                jax.block_until_ready(metrics)
-                compile_time = time.perf_counter() - interval_start
-                interval_start = time.perf_counter()
-            else:
-                pending.append(metrics)
-                interval_steps += 1
-            step = i + 1
+            shared.pending.append((step, metrics))
+            meter.stepped(step == 1, metrics)
             bar.update(1)
-            is_last = step == p.total_steps
             step_records: list[dict | None] = [None] * k_models
-            if (step % cfg.train.log_every == 0 or is_last) and pending:
-                elapsed = time.perf_counter() - interval_start
-                train_time += elapsed
-                per_model_rate = interval_steps * cfg.data.batch_size / max(elapsed, 1e-9)
-                for k, means in enumerate(_interval_means(pending, k_models)):
-                    last_train[k] = means
-                    step_records[k] = {"step": step, "epoch": round(step / p.steps_per_epoch, 4),
-                                       **means, "examples_per_sec": per_model_rate}
-                pending, interval_steps = [], 0
-                bar.set_postfix(loss=f"{min(m['loss'] for m in last_train):.4f}")
-                interval_start = time.perf_counter()
-            if eval_due(step) or is_last:
-                t0 = time.perf_counter()
-                val = evaluate(p, states, "validation", periodic=True)
-                seconds = time.perf_counter() - t0
-                eval_time += seconds
-                interval_start += seconds  # validation time is not training time
-                for k in range(k_models):
-                    step_records[k] = step_records[k] or {
-                        "step": step, "epoch": round(step / p.steps_per_epoch, 4)}
-                    step_records[k].update(val_loss=val[k]["loss"], val_accuracy=val[k]["accuracy"])
+            if when.log_due(step):
+                fetched = jax.device_get(shared.pending)
+                shared.pending = []
+                rates = meter.interval()
+                for k, log in enumerate(logs):
+                    log.ls.pending = _split(fetched, k)
+                    bad = log.nonfinite() if cfg.train.nonfinite == "stop" else None
+                    if bad is not None and stopped[k] is None:
+                        stopped[k] = {"step": bad[0], "reason": f"non-finite {bad[1]} ({bad[2]})"}
+                    step_records[k] = {**log.interval(step, when.epoch(step)), **rates}
+                bar.set_postfix(loss=f"{min(log.last_train.get('loss', np.inf) for log in logs):.4f}")
+            if when.eval_due(step):
+                for k, val in enumerate(evaluator.periodic(states)):
+                    step_records[k] = {**(step_records[k] or {"step": step, "epoch": when.epoch(step)}),
+                                       **val}
             for k, record in enumerate(step_records):
-                if record is not None:
-                    records[k].append(record)
+                if record is not None and stopped[k] is None:
+                    logs[k].write(record)
+            if all(stopped):
+                break
     finally:
         bar.close()
 
-    final = evaluate(p, states, cfg.data.eval_split)
+    final = evaluator.final(states)
     steps_done = jax.device_get(states.step)
-    trained_examples = (p.total_steps - 1) * cfg.data.batch_size
-    shared = {
+    timing = meter.totals()
+    packed_info = {
         "models": k_models,
         "wall_time_s": time.perf_counter() - t_start,
-        "compile_time_s": compile_time,
-        "eval_time_s": eval_time,
+        "compile_time_s": timing["compile_time_s"],
+        "eval_time_s": timing["eval_time_s"],
         # Per model, after the first (compiling) step, evaluation excluded.
-        "examples_per_sec_per_model": trained_examples / train_time if train_time > 0 else None,
-        "compilations": {"train_step": _cache_size(p.train_step),
-                         "eval_step": _cache_size(p.eval_step)},
+        "examples_per_sec_per_model": timing["examples_per_sec"],
+        "compilations": {"train_step": cache_size(p.train_step),
+                         "eval_step": cache_size(p.eval_step)},
         "device": str(jax.devices()[0]),
     }
     summaries = []
@@ -382,26 +383,21 @@ def run(p: PackedSetup, workdir: pathlib.Path | None = None, *, progress: bool =
             "init_scale": float(v.init_scale),
             "step": int(steps_done[k]),
             "epochs": p.total_steps / p.steps_per_epoch,
-            "train_loss": last_train[k].get("loss"),
-            "train_accuracy": last_train[k].get("accuracy"),
-            "val_loss": records[k][-1].get("val_loss") if records[k] else None,
-            "val_accuracy": records[k][-1].get("val_accuracy") if records[k] else None,
-            "eval_split": cfg.data.eval_split,
-            "eval_loss": final[k]["loss"],
-            "eval_accuracy": final[k]["accuracy"],
-            "eval_examples": final[k]["examples"],
+            **metric_keys(logs[k].last_train, logs[k].last_val, final[k], cfg.data.eval_split),
             "params": n_params,
-            "packed": shared,
+            "skipped_updates": logs[k].ls.skipped,
+            "stopped": stopped[k],
+            "packed": packed_info,
         })
     if workdir is not None:
         for k in range(k_models):
             (workdir / f"metrics_{k}.jsonl").write_text(
-                "".join(json.dumps(r) + "\n" for r in records[k]))
+                "".join(json.dumps(r) + "\n" for r in logs[k].records))
         _write_json(workdir / "packed_summary.json", summaries)
     best = min(range(k_models), key=lambda k: final[k]["loss"])
-    print(f"{cfg.name}: {k_models} models in {shared['wall_time_s']:.1f} s (compile "
-          f"{compile_time:.1f} s); best {cfg.data.eval_split} loss {final[best]['loss']:.4f} "
-          f"(variant {best}: {p.variants[best]})", file=sys.stderr)
+    print(f"{cfg.name}: {k_models} models in {packed_info['wall_time_s']:.1f} s (compile "
+          f"{packed_info['compile_time_s']:.1f} s); best {cfg.data.eval_split} loss "
+          f"{final[best]['loss']:.4f} (variant {best}: {p.variants[best]})", file=sys.stderr)
     return states, summaries
 
 

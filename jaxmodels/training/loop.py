@@ -2,6 +2,14 @@
 
 The loop is plain Python around two jitted pure functions. It owns the I/O the steps must not do:
 batches in, metrics out (one step late, so dispatch stays asynchronous), files in the workdir.
+`_train` only strings together named pieces, each in its own file (packed sweeps reuse them):
+  periodic.py        what is due at a step (log, validation, checkpoint; epoch boundaries)
+  metrics_log.py     pending device metrics, interval means, the non-finite check, metrics.jsonl
+  throughput.py      compile time, timed intervals, examples/tokens per second, MFU/HFU
+  evaluator.py       periodic and final evaluation, named after the objective's metrics
+  run_checkpoint.py  LoopState, resume and save of (TrainState, LoopState)
+  summary.py         summary.json
+  hooks.py           user code at log, eval and checkpoint points (`train(..., hooks=...)`)
 
 Files written to WORKDIR:
   config.json     the resolved config
@@ -48,16 +56,22 @@ from jaxmodels.parallel import distributed
 from jaxmodels.parallel import mesh as mesh_lib
 from jaxmodels.parallel import rules as rules_lib
 from jaxmodels.parallel import sharding as sharding_lib
-# Accounting and bookkeeping only (analytic FLOPs, device peaks, the results table):
-# scaling/flops.py, hardware.py and results.py import no training code, so this does not turn
-# the cli -> scaling -> training direction around.
-from jaxmodels.accounting import flops as flops_lib
+# Accounting and bookkeeping only (device peaks, the results table): accounting/ imports no
+# training code, so this does not turn the cli -> scaling -> training direction around.
 from jaxmodels.accounting import hardware, results
 from jaxmodels.models.interface import as_model
-from jaxmodels.training import checkpoint, mup, optim, plots, resume, tasks
+from jaxmodels.training import checkpoint, mup, optim, plots, tasks
+from jaxmodels.training import hooks as hooks_lib
 from jaxmodels.training import objectives as objectives_lib
 from jaxmodels.training import step as step_lib
+from jaxmodels.training import summary as summary_lib
+from jaxmodels.training.evaluator import Evaluator, describe
+from jaxmodels.training.metrics_log import MetricsLog
+from jaxmodels.training.periodic import Periodic
+# LoopState and abstract_state are part of this module's API (resume, tests): re-exported.
+from jaxmodels.training.run_checkpoint import LoopState, RunCheckpoint, abstract_state  # noqa: F401
 from jaxmodels.training.state import TrainState, abstract_variables, count_params, init_state
+from jaxmodels.training.throughput import Throughput, flops_for
 
 
 @dataclasses.dataclass(frozen=True)
@@ -267,17 +281,6 @@ def mean_metrics(totals: dict) -> dict:
     return out
 
 
-def _describe_metrics(values: dict) -> str:
-    """"loss 0.1234 accuracy 98.10%" from {"loss": ..., "accuracy": ...} (val_ prefixes kept);
-    accuracies as percentages, vector metrics left out of the line."""
-    parts = []
-    for k, x in values.items():
-        if k == "examples" or not isinstance(x, (int, float)):
-            continue
-        parts.append(f"{k} {100 * x:.2f}%" if k.endswith("accuracy") else f"{k} {x:.4f}")
-    return " ".join(parts)
-
-
 def _prepare_workdir(workdir: pathlib.Path) -> None:
     try:
         workdir.mkdir(parents=True, exist_ok=True)
@@ -293,68 +296,6 @@ def _write_json(path: pathlib.Path, obj) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(obj, indent=2) + "\n")
     os.replace(tmp, path)
-
-
-def _cache_size(jitted) -> int | None:
-    # Number of compiled variants; 1 means no retrace after the first call. Private in JAX, so
-    # tolerate its absence rather than fail a run.
-    size = getattr(jitted, "_cache_size", None)
-    return size() if callable(size) else None
-
-
-# ---------------------------------------------------------------------------------------------
-# What the loop carries between steps besides the TrainState, saved with every checkpoint.
-
-
-@dataclasses.dataclass
-class LoopState:
-    """Host-side progress: everything a resumed run needs to log and time exactly as an
-    uninterrupted one (the data position lives in the batch stream's own state)."""
-
-    data: dict | None = None  # the train batch stream's get_state()
-    # (step, metrics) of steps since the last logged line; metrics as float32 numbers, so the
-    # interval mean of a resumed run is computed from the very same values.
-    pending: list = dataclasses.field(default_factory=list)
-    skipped: int = 0  # updates dropped by the non-finite / spike guard
-    timed_examples: int = 0  # examples of steps that were timed (not a session's first step)
-    train_time: float = 0.0
-    eval_time: float = 0.0
-    compile_time: float = 0.0
-    wall_time: float = 0.0  # of earlier sessions
-    resumed_from: list = dataclasses.field(default_factory=list)
-
-    def to_json(self, batches, pending_host: list) -> dict:
-        out = dataclasses.asdict(self)
-        out["data"] = batches.get_state()
-        out["pending"] = [[step, {k: float(v) for k, v in m.items()}] for step, m in pending_host]
-        return out
-
-    @classmethod
-    def from_json(cls, d: dict) -> LoopState:
-        d = dict(d)
-        d["pending"] = [(int(step), {k: np.float32(v) for k, v in m.items()})
-                        for step, m in d.get("pending", [])]
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
-
-
-def _interval_record(fetched: list, guarded: bool) -> dict:
-    """Means over the interval's steps; a step whose update was skipped does not enter them (its
-    loss may be NaN), and the number skipped is reported instead."""
-    metrics = [m for _, m in fetched]
-    accepted = [m for m in metrics if not m.get("skipped", 0)] or metrics
-    out = {k: float(np.mean([m[k] for m in accepted])) for k in metrics[0] if k != "skipped"}
-    if guarded:
-        out["skipped"] = int(sum(float(m["skipped"]) for m in metrics))
-    return out
-
-
-def _first_nonfinite(fetched: list) -> tuple[int, str, float] | None:
-    for step, m in fetched:
-        for key in ("loss", "grad_norm"):
-            if not np.isfinite(m[key]):
-                return step, key, float(m[key])
-    return None
 
 
 class _SignalFlag:
@@ -384,64 +325,14 @@ class _SignalFlag:
             signal.signal(s, handler)
 
 
-def _read_records(path: pathlib.Path, upto_step: int) -> list[dict]:
-    """metrics.jsonl lines up to a checkpoint's step (a killed run may have logged past it)."""
-    if not path.exists():
-        return []
-    records = []
-    for line in path.read_text().splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:  # a line cut short by a kill
-            continue
-        if record.get("step", 0) <= upto_step:
-            records.append(record)
-    return records
-
-
-def abstract_state(init_fn, state_sharding):
-    """The train state as shapes, dtypes and target shardings (nothing allocated): what a
-    checkpoint restores onto, whatever layout it was saved from."""
-    return jax.tree.map(lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh),
-                        jax.eval_shape(init_fn), state_sharding)
-
-
-def _resume(s: Setup, ckpt: checkpoint.Checkpoints, workdir: pathlib.Path, log):
-    """(state, LoopState, records) from the newest usable checkpoint, or None for a fresh run."""
-    steps = ckpt.steps()
-    if not steps:
-        return None
-    current = config_lib.to_dict(s.config)
-    saved = ckpt.saved_config(steps[-1])
-    if saved is not None:  # checked before touching the state: a mismatch is not corruption
-        resume.check_resume(saved, current, workdir, steps[-1])
-    abstract = abstract_state(s.init_fn, s.state_sharding)
-    restored = ckpt.restore_latest(abstract, log=log)
-    if restored is None:
-        return None
-    allowed = resume.check_resume(restored.config, current, workdir, restored.step)
-    if restored.step > s.total_steps:
-        raise UserError(f"the checkpoint in {str(workdir)!r} is at step {restored.step}, past this "
-                        f"config's {s.total_steps} steps: raise train.steps (or train.epochs), or "
-                        f"pass --restart to start over")
-    print(f"{s.config.name}: resuming from the checkpoint of step {restored.step} in "
-          f"{ckpt.directory}" + (f" with changes: {'; '.join(allowed)}" if allowed else ""),
-          file=log)
-    # Restored arrays may be views of host memory orbax read into (on CPU); the train step
-    # donates the state, so hand it buffers XLA allocated itself.
-    state = jax.tree.map(lambda x: x.copy(), restored.state)
-    loop_state = LoopState.from_json(restored.loop)
-    loop_state.resumed_from.append(restored.step)
-    records = _read_records(workdir / "metrics.jsonl", restored.step)
-    return state, loop_state, records
-
-
 def train(config: Config, workdir: str | os.PathLike, *, restart: bool = False,
-          parts: Parts | None = None) -> dict:
+          parts: Parts | None = None, hooks=()) -> dict:
     """Trains `config` into `workdir`, continuing from the newest checkpoint there unless
     `restart`; returns the summary dict (also summary.json). `parts` supplies a model, data
-    source, objective or optimizer in Python instead of through the config's registries."""
+    source, objective or optimizer in Python instead of through the config's registries. `hooks`:
+    objects called at log, eval and checkpoint points (training/hooks.py)."""
     workdir = pathlib.Path(workdir)
+    hooks = tuple(hooks_lib.as_hook(h) for h in hooks)  # a bad hook is one line, before any work
     # With several processes (multi-host) process 0 writes every file; the others compute.
     main = distributed.is_main()
     if main:
@@ -456,62 +347,16 @@ def train(config: Config, workdir: str | os.PathLike, *, restart: bool = False,
             print(f"{cfg.name}: --restart: removed the checkpoints of steps {removed}", file=log)
     ckpt = checkpoint.Checkpoints(workdir, cfg.checkpoint)
     try:
-        return _train(s, ckpt, workdir, main, log, t_start)
+        return _train(s, ckpt, workdir, main, log, t_start, hooks)
     finally:
         ckpt.close()
 
 
-def _accounting(s: Setup, log):
-    """(Accounting, Peak) for MFU: analytic FLOPs of this model and the devices' peak; either
-    may be None (a family the accounting does not know; a device without a known peak)."""
-    try:
-        acc = flops_lib.account(s.config.model, tuple(s.task.example_inputs.shape[1:]))
-    except UserError as e:
-        print(f"{s.config.name}: no FLOP accounting, so no MFU ({e})", file=log)
-        return None, None
-    return acc, hardware.peak_flops(s.mesh.devices.flat[0])
 
 
-def _utilisation(acc, peak, examples: int, seconds: float, n_devices: int) -> dict:
-    """MFU (model FLOPs) and HFU (hardware FLOPs: remat's recomputation included) of `examples`
-    trained in `seconds`; None where unknown."""
-    if acc is None or peak is None or seconds <= 0 or examples <= 0:
-        return {"mfu": None, "hfu": None}
-    return {"mfu": hardware.mfu(acc.model_flops_per_example * examples, seconds, n_devices, peak),
-            "hfu": hardware.mfu(acc.hardware_flops_per_example * examples, seconds, n_devices, peak)}
-
-
-def _train(s: Setup, ckpt: checkpoint.Checkpoints, workdir: pathlib.Path, main: bool, log,
-           t_start: float) -> dict:
+def _announce(s: Setup, n_params: int, fresh: bool, log) -> None:
     cfg = s.config
-    acc, peak = _accounting(s, log)
-    n_devices = s.mesh.devices.size
-    resumed = _resume(s, ckpt, workdir, log)
-    if resumed is None:
-        state, ls, records = s.init_fn(), LoopState(), []
-    else:
-        state, ls, records = resumed
-    batches = s.task.train_batches(cfg.train.seed)
-    if ls.data is not None:
-        batches.set_state(ls.data)
-    start_step = int(jax.device_get(state.step))
-    if main:
-        (workdir / "config.json").write_text(config_lib.to_json(cfg) + "\n")
-        s.task.save(workdir)
-        # Rewritten whole, so lines a killed run logged past its checkpoint are dropped.
-        tmp = workdir / "metrics.jsonl.tmp"
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
-        os.replace(tmp, workdir / "metrics.jsonl")
-    guarded = cfg.train.nonfinite == "skip" or cfg.train.spike_sigma is not None
-
-    def eval_due(step: int) -> bool:
-        if cfg.train.eval_every is not None:
-            return step % cfg.train.eval_every == 0
-        # At each epoch boundary crossed by this step (batches may straddle one).
-        return int(step / s.steps_per_epoch) > int((step - 1) / s.steps_per_epoch)
-
-    n_params = count_params(state.params)
-    if resumed is None:
+    if fresh:
         print(f"{cfg.name}: {type(s.model).__name__} with {n_params:,} parameters on "
               f"{s.task.describe()}; "
               f"{s.total_steps:,} steps of batch {cfg.data.batch_size} "
@@ -519,99 +364,118 @@ def _train(s: Setup, ckpt: checkpoint.Checkpoints, workdir: pathlib.Path, main: 
               f"{jax.devices()[0].platform} device(s) in {jax.process_count()} process(es)", file=log)
     print(f"{cfg.name}: {s.parallel.describe()}", file=log)
 
-    def fetch_pending() -> list:
-        ls.pending = jax.device_get(ls.pending)
-        return ls.pending
 
-    def stop_if_nonfinite(fetched: list) -> None:
-        bad = _first_nonfinite(fetched) if cfg.train.nonfinite == "stop" else None
-        if bad is None:
-            return
-        step, key, value = bad
-        kept = ckpt.steps()
-        where = (f"the last good checkpoint is step {kept[-1]} in {ckpt.directory} (relaunching "
-                 f"resumes there)" if kept else "no checkpoint was saved before it")
-        raise RunStopped(f"non-finite {key} ({value}) at step {step}: stopped; {where}; lower "
-                         f"optimizer.learning_rate, set optimizer.grad_clip_norm, or set "
-                         f"train.nonfinite=skip to drop such updates", exit_code=3)
+def _batch_shapes(s: Setup) -> dict:
+    """A train batch as shapes placed like the loop's (for XLA's FLOP count; nothing runs)."""
+    batch = next(s.task.train_batches(s.config.train.seed))
+    return {k: jax.ShapeDtypeStruct(np.shape(v), np.asarray(v).dtype, sharding=s.batch_sharding)
+            for k, v in batch.items()}
+
+
+@dataclasses.dataclass
+class _Session:
+    """The pieces one launch of a run strings together (see the module docstring)."""
+
+    run: RunCheckpoint
+    state: TrainState
+    ls: LoopState
+    batches: Any
+    start_step: int
+    n_params: int
+    meter: Throughput
+    mlog: MetricsLog
+    when: Periodic
+    evaluator: Evaluator
+    hooks: hooks_lib.Hooks
+
+
+def _session(s: Setup, ckpt, workdir: pathlib.Path, main: bool, log, t_start: float,
+             hooks: tuple) -> _Session:
+    """Resumes (or starts) the run and builds its pieces; writes config.json and the data's
+    files."""
+    cfg = s.config
+    run = RunCheckpoint(ckpt, s, workdir, log, t_start)
+    resumed = run.resume()
+    state, ls, records = (s.init_fn(), LoopState(), []) if resumed is None else resumed
+    batches = s.task.train_batches(cfg.train.seed)
+    if ls.data is not None:
+        batches.set_state(ls.data)
+    if main:
+        (workdir / "config.json").write_text(config_lib.to_json(cfg) + "\n")
+        s.task.save(workdir)
+    n_params = count_params(state.params)
+    _announce(s, n_params, resumed is None, log)
+    flops = flops_for(s, n_params, state, lambda: _batch_shapes(s), log)
+    meter = Throughput(ls, batch_size=cfg.data.batch_size, tokens_per_example=s.task.tokens_per_example,
+                       n_devices=s.mesh.devices.size, flops=flops,
+                       peak=hardware.peak_flops(s.mesh.devices.flat[0]) if flops else None)
+    mlog = MetricsLog(ls, records, workdir / "metrics.jsonl" if main else None,
+                      guarded=cfg.train.nonfinite == "skip" or cfg.train.spike_sigma is not None)
+    evaluator = Evaluator(lambda st, split, periodic: run_eval(s, st, split, periodic=periodic),
+                          cfg.data.eval_split, meter=meter)
+    hk = hooks_lib.Hooks(hooks, ls)
+    # A failing hook's message names the checkpoint to resume from: the one in flight counts.
+    hk.where = lambda: (ckpt.wait(), run.where())[1]
+    start_step = int(jax.device_get(state.step))
+    hk.call("start", start_step, hooks_lib.Context(workdir, s.model, cfg, tuple(records), main))
+    return _Session(run, state, ls, batches, start_step, n_params, meter, mlog,
+                    Periodic.from_config(cfg, s.total_steps, s.steps_per_epoch), evaluator, hk)
+
+
+def _train(s: Setup, ckpt: checkpoint.Checkpoints, workdir: pathlib.Path, main: bool, log,
+           t_start: float, hooks: tuple = ()) -> dict:
+    cfg = s.config
+    se = _session(s, ckpt, workdir, main, log, t_start, hooks)
+    state, ls, start_step = se.state, se.ls, se.start_step
+    meter, mlog, when, evaluator, hk = se.meter, se.mlog, se.when, se.evaluator, se.hooks
+
+    def check_finite() -> None:
+        bad = mlog.nonfinite() if cfg.train.nonfinite == "stop" else None
+        if bad is not None:
+            raise se.run.nonfinite_stop(bad)
 
     def save(step: int, val: dict | None) -> None:
-        fetched = fetch_pending()
-        stop_if_nonfinite(fetched)  # never checkpoint a state that went non-finite
-        loop_json = dataclasses.replace(ls, wall_time=ls.wall_time + time.perf_counter() - t_start)
-        ckpt.save(step, state, loop_json.to_json(batches, fetched), config_lib.to_dict(cfg),
-                  metrics=val)
+        check_finite()  # never checkpoint a state that went non-finite
+        hk.save_into(ls)
+        se.run.save(step, state, ls, se.batches, mlog.fetch(), val)
 
-    metrics_file = (workdir / "metrics.jsonl").open("a") if main else io.StringIO()
-    last_train = next((r for r in reversed(records) if "loss" in r), {})
-    interval_start = time.perf_counter()
-    interval_examples = 0
-    every = cfg.checkpoint.every_steps
+    # A run a hook stopped stays stopped: relaunching it only evaluates.
+    last = start_step if ls.stopped else s.total_steps
     bar = tqdm.tqdm(total=s.total_steps, initial=start_step,
                     disable=not (cfg.train.progress and main), unit="step", dynamic_ncols=True,
                     file=sys.stderr)
     try:
         with _SignalFlag() as signals:
-            for step in range(start_step + 1, s.total_steps + 1):
-                batch = distributed.put_batch(next(batches), s.batch_sharding)
-                state, metrics = s.train_step(state, batch)
-                ls.pending.append((step, metrics))
-                if step == start_step + 1:
-                    # Only a session's first step blocks: it measures compile time and starts
-                    # the clock; its examples are not timed.
-                    jax.block_until_ready(metrics)
-                    ls.compile_time += time.perf_counter() - interval_start
-                    interval_start = time.perf_counter()
-                else:
-                    interval_examples += cfg.data.batch_size
+            for step in range(start_step + 1, last + 1):
+                state, metrics = s.train_step(state, distributed.put_batch(next(se.batches), s.batch_sharding))
+                mlog.add(step, metrics)
+                meter.stepped(step == start_step + 1, metrics)
                 bar.update(1)
-                is_last = step == s.total_steps
-                record = None
-                if step % cfg.train.log_every == 0 or is_last:
-                    fetched = fetch_pending()
-                    stop_if_nonfinite(fetched)
-                    record = {"step": step, "epoch": round(step / s.steps_per_epoch, 4),
-                              **_interval_record(fetched, guarded)}
-                    ls.skipped += record.get("skipped", 0)
-                    elapsed = time.perf_counter() - interval_start
-                    ls.train_time += elapsed
-                    ls.timed_examples += interval_examples
-                    record["examples_per_sec"] = interval_examples / max(elapsed, 1e-9)
-                    util = _utilisation(acc, peak, interval_examples, elapsed, n_devices)
-                    if util["mfu"] is not None:
-                        record["mfu"] = util["mfu"]
-                        if util["hfu"] != util["mfu"]:  # remat recomputes part of the forward
-                            record["hfu"] = util["hfu"]
-                    if s.task.tokens_per_example > 1:
-                        record["tokens_per_sec"] = record["examples_per_sec"] * s.task.tokens_per_example
-                    ls.pending, interval_examples = [], 0
-                    last_train = record
-                    bar.set_postfix(loss=f"{record['loss']:.4f}",
-                                    ex_s=f"{record['examples_per_sec']:,.0f}")
-                    interval_start = time.perf_counter()
-                val = None
-                if eval_due(step) or is_last:
-                    t0 = time.perf_counter()
-                    v = run_eval(s, state, "validation", periodic=True)
-                    eval_seconds = time.perf_counter() - t0
-                    ls.eval_time += eval_seconds
-                    # Validation time is not training time: move the interval's clock past it.
-                    interval_start += eval_seconds
-                    val = {f"val_{k}": x for k, x in v.items() if k != "examples"}
-                    record = record or {"step": step, "epoch": round(step / s.steps_per_epoch, 4)}
-                    record.update(val)
+                record, val, stop = None, None, None
+                if when.log_due(step):
+                    check_finite()
+                    record = {**mlog.interval(step, when.epoch(step)), **meter.interval()}
+                    bar.set_postfix(loss=f"{record['loss']:.4f}", ex_s=f"{record['examples_per_sec']:,.0f}")
+                if when.eval_due(step):
+                    val = evaluator.periodic(state)
+                    record = {**(record or {"step": step, "epoch": when.epoch(step)}), **val}
                     if main:
-                        bar.write(f"step {step}: {_describe_metrics(val)}", file=sys.stderr)
+                        bar.write(f"step {step}: {describe(val)}", file=sys.stderr)
+                    stop = hk.call("on_eval", step, dict(val), state)
                 if record is not None:
-                    records.append(record)
-                    metrics_file.write(json.dumps(record) + "\n")
-                    metrics_file.flush()
+                    mlog.write(record)
+                    stop = hk.call("on_log", step, dict(record), state) or stop
+                if stop is not None:
+                    ls.stopped = {"step": step, "reason": stop.reason}
+                    print(f"{cfg.name}: stopped after step {step}: {stop.reason}", file=log)
                 stopping = signals.received is not None
-                if is_last or stopping or (every is not None and step % every == 0):
-                    t0 = time.perf_counter()
-                    save(step, val)
-                    interval_start += time.perf_counter() - t0  # saving is not training either
-                if stopping and not is_last:
+                if when.save_due(step) or stopping or stop is not None:
+                    with meter.pause():  # saving is not training either
+                        save(step, val)
+                    hk.call("on_checkpoint", step, state)
+                if stop is not None:
+                    break
+                if stopping and not when.is_last(step):
                     ckpt.wait()
                     name = signal.Signals(signals.received).name
                     raise RunStopped(f"stopped by {name} after step {step}: checkpoint saved in "
@@ -620,49 +484,19 @@ def _train(s: Setup, ckpt: checkpoint.Checkpoints, workdir: pathlib.Path, main: 
         ckpt.wait()
     finally:
         bar.close()
-        metrics_file.close()
+        mlog.close()
+    return _finish(s, state, evaluator, mlog, meter, ls, se.n_params, start_step, workdir, main, t_start)
 
-    final = run_eval(s, state, cfg.data.eval_split)
-    metric_names = [k for k in final if k not in ("loss", "examples")]
+
+def _finish(s: Setup, state, evaluator, mlog, meter, ls, n_params, start_step, workdir, main,
+            t_start) -> dict:
+    """Final evaluation, weights, summary.json, the results row and the curves."""
+    cfg = s.config
+    final = evaluator.final(state)
     checkpoint.save_weights(workdir, state)  # every process: orbax gathers the shards
     step = int(jax.device_get(state.step))
-    summary = {
-        "name": cfg.name,
-        "step": step,
-        "epochs": s.total_steps / s.steps_per_epoch,
-        "objective": s.objective.name,
-        **{f"train_{k}": last_train.get(k) for k in ("loss", *metric_names)},
-        **{f"val_{k}": records[-1].get(f"val_{k}") if records else None for k in ("loss", *metric_names)},
-        "eval_split": cfg.data.eval_split,
-        **{f"eval_{k}": x for k, x in final.items() if k != "examples"},
-        "eval_examples": final["examples"],
-        "params": n_params,
-        "non_embedding_params": acc.non_embedding_params if acc else None,
-        "examples_seen": step * cfg.data.batch_size,
-        "tokens_seen": step * cfg.data.batch_size * s.task.tokens_per_example,
-        # Analytic training FLOPs (forward + backward matmuls; see scaling/flops.py).
-        "flops_per_example": acc.model_flops_per_example if acc else None,
-        "flops": acc.model_flops_per_example * step * cfg.data.batch_size if acc else None,
-        **_utilisation(acc, peak, ls.timed_examples, ls.train_time, n_devices),
-        "peak_flops_per_device": peak.flops_per_s if peak else None,
-        "peak_source": peak.name if peak else None,
-        "skipped_updates": ls.skipped,
-        "resumed_from": ls.resumed_from,
-        # Summed over every session of a resumed run.
-        "wall_time_s": ls.wall_time + time.perf_counter() - t_start,
-        "compile_time_s": ls.compile_time,
-        "eval_time_s": ls.eval_time,
-        # Training throughput of timed steps (each session's first, compiling, step is not),
-        # evaluation and checkpointing excluded.
-        "examples_per_sec": ls.timed_examples / ls.train_time if ls.train_time > 0 else None,
-        "tokens_per_sec": (ls.timed_examples * s.task.tokens_per_example / ls.train_time
-                           if ls.train_time > 0 and s.task.tokens_per_example > 1 else None),
-        "compilations": {"train_step": _cache_size(s.train_step),
-                         "eval_step": _cache_size(s.eval_step)},
-        "devices": [str(d) for d in s.mesh.devices.flat],
-        "parallel": s.parallel.as_dict(),
-        "jax_version": jax.__version__,
-    }
+    summary = summary_lib.build(s, step=step, log=mlog, final=final, meter=meter, ls=ls,
+                                n_params=n_params, wall_time=ls.wall_time + time.perf_counter() - t_start)
     if not main:
         return summary
     _write_json(workdir / "summary.json", summary)
@@ -670,8 +504,10 @@ def _train(s: Setup, ckpt: checkpoint.Checkpoints, workdir: pathlib.Path, main: 
         # One row in <workdir>/../results.jsonl per run that trained; relaunching a finished
         # run only re-evaluates it, and a second row would count it twice in a fit.
         results.record(cfg, summary, workdir)
-    plots.learning_curves(records, workdir / "curves.png", title=f"{cfg.name} ({type(s.model).__name__})")
-    print(f"{cfg.name}: {cfg.data.eval_split} {_describe_metrics(final)} "
+    plots.learning_curves(mlog.records, workdir / "curves.png",
+                          title=f"{cfg.name} ({type(s.model).__name__})",
+                          loss_label=s.objective.loss_label)
+    print(f"{cfg.name}: {cfg.data.eval_split} {describe(final)} "
           f"({final['examples']:,} examples) after {summary['step']:,} "
           f"steps in {summary['wall_time_s']:.1f} s; {summary['examples_per_sec'] or 0:,.0f} train examples/s",
           file=sys.stderr)

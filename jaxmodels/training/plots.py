@@ -9,32 +9,57 @@ import pathlib
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+# Keys of a metrics.jsonl record that are not the objective's metrics.
+_NOT_METRICS = {"step", "epoch", "loss", "learning_rate", "grad_norm", "param_norm", "update_norm",
+                "skipped", "examples_per_sec", "tokens_per_sec", "mfu", "hfu"}
+
 
 def _series(records: list[dict], key: str):
-    pts = [(r["step"], r[key]) for r in records if r.get(key) is not None]
+    pts = [(r["step"], r[key]) for r in records
+           if isinstance(r.get(key), (int, float)) and r.get(key) is not None]
     return [p[0] for p in pts], [p[1] for p in pts]
 
 
-def learning_curves(records: list[dict], path: pathlib.Path, title: str = "") -> pathlib.Path:
-    """Loss, accuracy and learning rate against step (train and validation) in one PNG."""
-    fig = Figure(figsize=(13, 3.8), dpi=110)
+def metric_names(records: list[dict]) -> list[str]:
+    """The objective's scalar metrics in the records (train or val_), in first-seen order:
+    "accuracy" for cross-entropy, "mae" for MSE, none for a bare loss."""
+    names = {}
+    for r in records:
+        for k, x in r.items():
+            name = k[4:] if k.startswith("val_") else k
+            if name not in _NOT_METRICS and isinstance(x, (int, float)):
+                names[name] = None
+    return list(names)
+
+
+def learning_curves(records: list[dict], path: pathlib.Path, title: str = "",
+                    loss_label: str = "cross-entropy (nats)") -> pathlib.Path:
+    """Loss (labelled `loss_label`, the objective's), one panel per metric of the objective and
+    the learning rate against step (train and validation) in one PNG."""
+    curves_figure(records, title, loss_label).savefig(path)
+    return path
+
+
+def curves_figure(records: list[dict], title: str = "", loss_label: str = "loss") -> Figure:
+    """The figure `learning_curves` saves (panels: loss, each metric, learning rate)."""
+    names = metric_names(records)
+    fig = Figure(figsize=(4.3 * (2 + len(names)), 3.8), dpi=110)
     FigureCanvasAgg(fig)
-    ax_loss, ax_acc, ax_lr = fig.subplots(1, 3)
-    for key, label, style in (("loss", "train", "-"), ("val_loss", "validation", "o-")):
-        ax_loss.plot(*_series(records, key), style, label=label, markersize=3)
-    for key, label, style in (("accuracy", "train", "-"), ("val_accuracy", "validation", "o-")):
-        ax_acc.plot(*_series(records, key), style, label=label, markersize=3)
+    ax_loss, *ax_metrics, ax_lr = fig.subplots(1, 2 + len(names))
+    for ax, key, label in ((ax_loss, "loss", loss_label),
+                           *((ax, name, name) for ax, name in zip(ax_metrics, names))):
+        for k, which, style in ((key, "train", "-"), (f"val_{key}", "validation", "o-")):
+            ax.plot(*_series(records, k), style, label=which, markersize=3)
+        ax.set(xlabel="step", ylabel=label, title="loss" if key == "loss" else key)
+        ax.legend()
+    losses = _series(records, "loss")[1] + _series(records, "val_loss")[1]
+    if losses and all(x > 0 for x in losses):  # a user's loss may be negative
+        ax_loss.set_yscale("log")
     ax_lr.plot(*_series(records, "learning_rate"), "-")
-    ax_loss.set(xlabel="step", ylabel="cross-entropy (nats)", title="loss")
-    ax_loss.set_yscale("log")
-    ax_acc.set(xlabel="step", ylabel="accuracy", title="accuracy")
     ax_lr.set(xlabel="step", ylabel="learning rate", title="learning rate")
-    for ax in (ax_loss, ax_acc, ax_lr):
+    for ax in fig.axes:
         ax.grid(alpha=0.3)
-    ax_loss.legend()
-    ax_acc.legend()
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path)
-    return path
+    return fig
