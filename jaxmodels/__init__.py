@@ -24,12 +24,14 @@ from jaxmodels.training.step import make_eval_step, make_train_step
 __version__ = "0.1.0"
 
 
-def train(config: Config, workdir, *, restart: bool = False, parts=None) -> dict:
+def train(config: Config, workdir, *, restart: bool = False, parts=None, hooks=()) -> dict:
     """Trains `config`, writing results into `workdir` and resuming from its newest checkpoint
-    unless `restart`; returns the summary (see training/loop.py)."""
+    unless `restart`; returns the summary (see training/loop.py). `parts` (a `loop.Parts`)
+    hands over a model, data source, objective or optimizer in Python; `hooks` are called at
+    log, eval and checkpoint points (training/hooks.py)."""
     from jaxmodels.training import loop
 
-    return loop.train(config, workdir, restart=restart, parts=parts)
+    return loop.train(config, workdir, restart=restart, parts=parts, hooks=hooks)
 
 
 def fit(model, data, **kwargs) -> dict:

@@ -194,7 +194,8 @@ class _Killing:
     is drawn: the loop is then inside training, with checkpoints every 4 steps behind it."""
 
     def __init__(self, sig, at_batch: int = 0):
-        self._source = jaxmodels.data.from_arrays(TRAIN, VAL, batch_size=FIT["batch_size"])
+        self._source = jaxmodels.data.from_arrays(TRAIN, VAL, batch_size=FIT["batch_size"],
+                                                  eval_batch_size=500)  # as fit builds it
         self._sig, self._at = sig, at_batch
 
     def __getattr__(self, name):
