@@ -234,7 +234,7 @@ def _mlp(cfg: MLPConfig, shape, remat) -> _Parts:
 def _rnn_stack(cfg: RNNCore, steps: int, features: int, *, reads_data: bool):
     """(params, terms) of the recurrent layers over `steps` time steps."""
     d = cfg.hidden
-    g = CELLS[cfg.cell].num_gates * d  # the fused gates' width G
+    g = CELLS[cfg.cell].num_gates * d  # the fused gate units U
     terms, params = [], 0
     for layer in range(cfg.num_layers):
         f = features if layer == 0 else d
