@@ -52,6 +52,11 @@ class XlaFlops:
         # XLA counts what runs, remat's recomputation included: there is no separate figure.
         return self.per_example
 
+    @property
+    def non_embedding_params(self) -> None:
+        # XLA sees operations, not which tables are looked up rather than multiplied.
+        return None
+
 
 def cost_analysis_flops(compiled) -> tuple[float | None, str | None]:
     """(FLOPs, None) from `compiled.cost_analysis()`, or (None, why). JAX 0.4.30 and later return

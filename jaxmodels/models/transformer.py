@@ -19,6 +19,14 @@ stored in `param_dtype`; logits are always returned in float32.
 
 The language model decodes through an explicit KV cache (`init_cache`, `decode`): a pure value
 passed in and returned, never a mutable collection hidden in the module.
+
+One file per job, all re-exported here:
+  transformer_config.py  the configs (TransformerCore and the three models' own fields)
+  transformer_blocks.py  Mlp, Block, Stack and the small helpers the models share
+  transformer_lm.py      TransformerLM (forward pass and KV-cache decode)
+  kv_cache.py            KVCache and the empty cache
+  transformer_heads.py   ClassHead, TransformerClassifier, ViT
+  attention.py, positional.py  attention and position encodings
 """
 
 # The transformer family lives in one file per job; this module keeps their names importable

@@ -22,13 +22,14 @@ from jaxmodels.models.transformer_config import TransformerCore
 
 
 def param(module: nn.Module, name: str, init, axes: tuple[str, ...], shape: tuple[int, ...]
-           ) -> jax.Array:
+          ) -> jax.Array:
     """A parameter named by logical `axes`, stored in the module's config.param_dtype."""
     return module.param(name, nn.with_logical_partitioning(init, axes), shape,
                         jnp.dtype(module.config.param_dtype))
 
 
 def norm(cfg: TransformerCore, name: str) -> nn.Module:
+    """The config's norm (LayerNorm or RMSNorm) over D, its parameters named "embed"."""
     dtype, param_dtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
     scale_init = nn.with_logical_partitioning(nn.initializers.ones, ("embed",))
     if cfg.norm == "rmsnorm":

@@ -25,7 +25,7 @@ class ClassHead(nn.Module):
     def __call__(self, x_BxD: jax.Array) -> jax.Array:
         cfg = self.config
         w_DxK = param(self, "kernel", readout_init(cfg), ("embed", "classes"),
-                       (cfg.d_model, cfg.num_classes))
+                      (cfg.d_model, cfg.num_classes))
         b_K = param(self, "bias", nn.initializers.zeros, ("classes",), (cfg.num_classes,))
         if cfg.readout_scale is not None:
             x_BxD = x_BxD * cfg.readout_scale  # muP's readout multiplier (see MLP for why)
@@ -85,7 +85,7 @@ class ViT(nn.Module):
         patches_BxPxQ = (images_BxHixWixC.reshape(b, gh, p, gw, p, c)
                          .transpose(0, 1, 3, 2, 4, 5).reshape(b, gh * gw, p * p * c))
         w_QxD = param(self, "patch_kernel", nn.initializers.lecun_normal(), ("patch", "embed"),
-                       (p * p * c, cfg.d_model))
+                      (p * p * c, cfg.d_model))
         b_D = param(self, "patch_bias", nn.initializers.zeros, ("embed",), (cfg.d_model,))
         x_BxTxD = (jnp.einsum("bpq,qd->bpd", patches_BxPxQ.astype(dtype), w_QxD.astype(dtype))
                    + b_D.astype(dtype)[None, None, :])

@@ -36,7 +36,7 @@ class TransformerLM(nn.Module):
         self.stack = Stack(cfg)
         if not cfg.tie_embeddings:
             self.head = param(self, "head", readout_init(cfg), ("embed", "vocab"),
-                               (cfg.d_model, cfg.vocab_size))
+                              (cfg.d_model, cfg.vocab_size))
 
     def __call__(self, tokens_BxT: jax.Array, *, train: bool = False) -> jax.Array:
         return self.from_embeddings(self.embed(tokens_BxT), train=train)
