@@ -542,3 +542,28 @@ def test_cost_analysis_flops_reads_every_shape_and_says_why_not():
     xf = xla_flops.train_flops_per_example(Compiled(None), batch_size=4)
     assert xf.per_example is None and xf.model_flops_per_example is None and "nothing" in xf.reason
     assert xla_flops.train_flops_per_example(Compiled({"flops": 8.0}), batch_size=4).per_example == 2.0
+
+
+def test_only_loops_with_matmuls_make_a_lower_bound():
+    # Dropout's random bits come from while loops with no matrix product: not a lower bound.
+    # Gradient accumulation scans the model over micro-batches: a lower bound, and per example
+    # (divided by the slice, microbatches=2) the same as the plain step.
+    cfg, shape, batch = M.MLPConfig(hidden=(256, 256), dropout=0.1), (16, 16, 1), 64
+    model = M.build(cfg)
+    tx, schedule = optim.make(OptimizerConfig(name="sgd", learning_rate=0.1), 10)
+    state = jax.eval_shape(lambda: state_lib.init_state(model, tx, jnp.zeros((1, *shape)), 0))
+    batch_shapes = {"inputs": jax.ShapeDtypeStruct((batch, *shape), jnp.float32),
+                    "targets": jax.ShapeDtypeStruct((batch,), jnp.int32),
+                    "mask": jax.ShapeDtypeStruct((batch,), jnp.float32)}
+    plain = jax.jit(step_lib.make_train_step(model, tx, schedule)).lower(state, batch_shapes).compile()
+    assert "while(" in plain.as_text()
+    xf = xla_flops.train_flops_per_example(plain, batch_size=batch)
+    assert xf.while_loops == 0 and xf.reason is None
+    ratio = xf.per_example / flops.account(cfg, shape).model_flops_per_example
+    assert abs(ratio - 1) <= XLA_RAW_TOLERANCE, f"{ratio:.4f}"
+
+    accumulating = jax.jit(step_lib.make_train_step(model, tx, schedule, microbatches=2))
+    acc = xla_flops.train_flops_per_example(accumulating, state, batch_shapes, batch_size=batch,
+                                            microbatches=2)
+    assert acc.while_loops == 1 and "lower bound" in acc.reason
+    assert acc.per_example == pytest.approx(xf.per_example, rel=0.05)

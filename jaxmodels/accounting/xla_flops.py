@@ -15,8 +15,9 @@ tests/test_flops.py and benchmarks/flops_vs_xla.py):
   hardware FLOPs than to model FLOPs; for MFU of a model without a formula it is the best there is);
 - it skips a 'same' convolution's multiply-adds on zero padding;
 - it counts a while loop's body once: scanned layers, RNN time steps and gradient-accumulation
-  micro-batches are undercounted. `while_loops` says how many the program has, and `reason`
-  carries the caveat, so a caller can tell a lower bound from a count.
+  micro-batches are undercounted. `while_loops` says how many loops with matrix products the
+  program has (from its HLO text), and `reason` carries the caveat, so a caller can tell a lower
+  bound from a count.
 
 Sharded programs: XLA analyses the per-device program, so the count is scaled by the number of
 devices the program runs on (read from the compiled executable's input shardings). Work that is
@@ -40,7 +41,7 @@ class XlaFlops:
     per_example: float | None
     per_step: float | None  # all devices together
     devices: int
-    while_loops: int
+    while_loops: int  # loops whose bodies do matrix products (each counted once by XLA)
     reason: str | None  # why per_example is None, or what makes it a lower bound
 
     @property
@@ -86,12 +87,50 @@ def _devices(compiled) -> int:
     return max((len(s.device_set) for s in shardings if hasattr(s, "device_set")), default=1)
 
 
-def _while_loops(compiled) -> int:
+_COMPUTATION = re.compile(r"^(?:ENTRY\s+)?%?([\w.\-]+)\s*[({]", re.M)
+_CALLED = re.compile(r"(?:calls|to_apply|body|condition|branch_computations|true_computation|"
+                     r"false_computation)=\{?([^,}\s]+(?:,\s*%[\w.\-]+)*)")
+_WHILE_BODY = re.compile(r"\bwhile\(.*?\bbody=%?([\w.\-]+)")
+# What XLA counts as matmul work: dots and convolutions, or the library calls GPUs lower them to.
+_MATMUL = re.compile(r"\b(?:dot|convolution)\(|__cublas\$|gemm", re.I)
+
+
+def _computations(text: str) -> dict[str, str]:
+    """HLO text split into {computation name: its instructions}."""
+    out, name, lines = {}, None, []
+    for line in text.splitlines():
+        if line and not line[0].isspace() and line.rstrip().endswith("{"):
+            m = _COMPUTATION.match(line)
+            name, lines = (m.group(1) if m else None), []
+        elif line.startswith("}") and name is not None:
+            out[name] = "\n".join(lines)
+            name = None
+        elif name is not None:
+            lines.append(line)
+    return out
+
+
+def _has_matmul(name: str, comps: dict[str, str], seen: set[str]) -> bool:
+    if name in seen or name not in comps:
+        return False
+    seen.add(name)
+    body = comps[name]
+    if _MATMUL.search(body):
+        return True
+    called = [c.strip().lstrip("%") for m in _CALLED.finditer(body) for c in m.group(1).split(",")]
+    return any(_has_matmul(c, comps, seen) for c in called)
+
+
+def _matmul_loops(compiled) -> int:
+    """While loops of the optimised program whose bodies do matrix products (scanned layers, RNN
+    time steps, micro-batches). Loops without any (random-bit generation, for one) are left out:
+    counting their bodies once costs a few elementwise FLOPs, not a lower bound."""
     try:
-        text = compiled.as_text()
-    except Exception:  # noqa: BLE001
+        text = compiled.as_text() or ""
+    except Exception:  # noqa: BLE001 -- a stand-in object without HLO text
         return 0
-    return len(re.findall(r"\bwhile\(", text or ""))
+    comps = _computations(text)
+    return sum(_has_matmul(m.group(1), comps, set()) for m in _WHILE_BODY.finditer(text))
 
 
 def train_flops_per_example(step, *args, batch_size: int, microbatches: int = 1) -> XlaFlops:
@@ -115,11 +154,11 @@ def train_flops_per_example(step, *args, batch_size: int, microbatches: int = 1)
     if hasattr(compiled, "compile"):  # lowered (its own cost_analysis is of the unoptimised HLO)
         compiled = compiled.compile()
     flops, reason = cost_analysis_flops(compiled)
-    devices, loops = _devices(compiled), _while_loops(compiled)
+    devices, loops = _devices(compiled), _matmul_loops(compiled)
     if flops is None:
         return XlaFlops(None, None, devices, loops, reason)
     per_example = flops * devices / (batch_size // microbatches)
     if loops:
-        reason = (f"lower bound: the program has {loops} while loop(s) (scanned layers, RNN time "
-                  f"steps, micro-batches), whose bodies XLA counts once")
+        reason = (f"lower bound: the program has {loops} while loop(s) doing matrix products "
+                  f"(scanned layers, RNN time steps, micro-batches), whose bodies XLA counts once")
     return XlaFlops(per_example, per_example * batch_size, devices, loops, reason)
