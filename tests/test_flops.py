@@ -555,14 +555,14 @@ def test_only_loops_with_matmuls_make_a_lower_bound():
     batch_shapes = {"inputs": jax.ShapeDtypeStruct((batch, *shape), jnp.float32),
                     "targets": jax.ShapeDtypeStruct((batch,), jnp.int32),
                     "mask": jax.ShapeDtypeStruct((batch,), jnp.float32)}
-    plain = jax.jit(step_lib.make_train_step(model, tx, schedule)).lower(state, batch_shapes).compile()
+    plain = jax.jit(step_lib.make_train_step(model, tx, schedule=schedule)).lower(state, batch_shapes).compile()
     assert "while(" in plain.as_text()
     xf = xla_flops.train_flops_per_example(plain, batch_size=batch)
     assert xf.while_loops == 0 and xf.reason is None
     ratio = xf.per_example / flops.account(cfg, shape).model_flops_per_example
     assert abs(ratio - 1) <= XLA_RAW_TOLERANCE, f"{ratio:.4f}"
 
-    accumulating = jax.jit(step_lib.make_train_step(model, tx, schedule, microbatches=2))
+    accumulating = jax.jit(step_lib.make_train_step(model, tx, schedule=schedule, microbatches=2))
     acc = xla_flops.train_flops_per_example(accumulating, state, batch_shapes, batch_size=batch,
                                             microbatches=2)
     assert acc.while_loops == 1 and "lower bound" in acc.reason

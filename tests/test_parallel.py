@@ -340,7 +340,9 @@ class UnnamedMLP(nn.Module):
         return nn.Dense(10, name="head")(x)  # kernel (128, 10): 5 KiB, under the threshold
 
 
-def _pure_init(key):
+def _pure_init(key, example):
+    """A pure init/apply pair as a user writes it: the params are a dict of plain arrays. 64
+    logits, of which the 10 classes of the test batches are the first."""
     k1, k2 = jax.random.split(key)
     return {"w1": jax.random.normal(k1, (64, 512)) / 8.0, "b1": jnp.zeros((512,)),
             "w2": jax.random.normal(k2, (512, 64)) / 16.0, "b2": jnp.zeros((64,))}
@@ -351,20 +353,8 @@ def _pure_apply(params, x):
     return h @ params["w2"] + params["b2"][None]
 
 
-class PureModel:
-    """A pure init/apply pair behind the two methods the train step calls (what a user's own
-    functions look like to the loop): its params are a dict of plain arrays. 64 logits, of which
-    the 10 classes of the test batches are the first."""
-
-    def init(self, rngs, x, train=False):
-        return {"params": _pure_init(rngs["params"])}
-
-    def apply(self, variables, x, train=False, rngs=None, mutable=()):
-        logits = _pure_apply(variables["params"], x)
-        return (logits, {}) if mutable is not False and train else logits
-
-
-_USER_MODELS = {"unnamed_mlp": UnnamedMLP(), "pure": PureModel()}
+PURE = (_pure_init, _pure_apply)
+_USER_MODELS = {"unnamed_mlp": UnnamedMLP(), "pure": PURE}
 
 UNNAMED_SPECS = {
     # Largest divisible dimension (ties to the later one): the MLP's 512 hidden units, which is
@@ -436,7 +426,7 @@ def test_unnamed_parameters_follow_the_default_rule_and_train_like_one_device(fa
 def test_state_shardings_take_plain_shape_dtype_structs():
     # A pure-function model's params as jax.ShapeDtypeStructs, no boxes and no boxed tree.
     tx, _ = optim.make(OptimizerConfig(name="adam"), total_steps=10)
-    init = lambda: loop.init_state(PureModel(), tx, _example("image"), 0)  # noqa: E731
+    init = lambda: loop.init_state(PURE, tx, _example("image"), 0)  # noqa: E731
     shapes = jax.eval_shape(init)
     assert all(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(shapes.params))
     mesh = mesh_lib.make_mesh(PRESETS["fsdp"])
