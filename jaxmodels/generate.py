@@ -8,7 +8,8 @@ the prompt and then its own samples through `decode` one token at a time inside 
 (temperature, top-k and top-p are traced values, not static ones). A Transformer generates past
 its context by sliding it (see `make_generate`).
 
-Shapes: B batch, S buffer length (max_len), V vocabulary.
+Shape names (the package glossary in jaxmodels/models/__init__.py): B batch; T sequence positions
+(queries, or an RNN's time steps); S key positions (a KV cache's buffer length); V vocabulary.
 """
 
 from __future__ import annotations
@@ -81,9 +82,9 @@ def make_generate(model: nn.Module, *, buffer_len: int, context: int | None) -> 
 
         def refill(i, tokens_BxS, cache):
             del cache  # full: start again from the last `keep` tokens, ending with token i
-            window_BxK = jax.lax.dynamic_slice_in_dim(tokens_BxS, i - keep + 1, keep, axis=1)
-            logits_BxKxV, cache = model.apply(variables, window_BxK, empty_cache, method="decode")
-            return logits_BxKxV[:, -1], cache
+            window_BxT = jax.lax.dynamic_slice_in_dim(tokens_BxS, i - keep + 1, keep, axis=1)
+            logits_BxTxV, cache = model.apply(variables, window_BxT, empty_cache, method="decode")
+            return logits_BxTxV[:, -1], cache
 
         def body(carry):
             i, tokens_BxS, cache = carry

@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 
 import chex
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -322,3 +323,165 @@ def test_activations_are_constrained_by_the_preset():
     model = models.build(FAMILIES["transformer"][0])
     variables = model.init(jax.random.key(0), jnp.zeros((2, 8), jnp.int32))
     assert model.apply(variables, jnp.zeros((2, 8), jnp.int32)).shape == (2, 8, 32)
+
+
+# ---------------------------------------------------------------------------------------------
+# Parameters that name no logical axes: the default rule (rules.default_spec)
+
+
+class UnnamedMLP(nn.Module):
+    """A user's model as written without this framework in mind: plain nn.Dense, no names."""
+
+    @nn.compact
+    def __call__(self, x, *, train: bool = False):
+        x = x.reshape(x.shape[0], -1)  # 64 features
+        x = nn.relu(nn.Dense(512, name="up")(x))  # kernel (64, 512): 128 KiB
+        x = nn.relu(nn.Dense(128, name="down")(x))  # kernel (512, 128): 256 KiB
+        return nn.Dense(10, name="head")(x)  # kernel (128, 10): 5 KiB, under the threshold
+
+
+def _pure_init(key, example):
+    """A pure init/apply pair as a user writes it: the params are a dict of plain arrays. 64
+    logits, of which the 10 classes of the test batches are the first."""
+    k1, k2 = jax.random.split(key)
+    return {"w1": jax.random.normal(k1, (64, 512)) / 8.0, "b1": jnp.zeros((512,)),
+            "w2": jax.random.normal(k2, (512, 64)) / 16.0, "b2": jnp.zeros((64,))}
+
+
+def _pure_apply(params, x):
+    h = jnp.tanh(x.reshape(x.shape[0], -1) @ params["w1"] + params["b1"][None])
+    return h @ params["w2"] + params["b2"][None]
+
+
+PURE = (_pure_init, _pure_apply)
+_USER_MODELS = {"unnamed_mlp": UnnamedMLP(), "pure": PURE}
+
+UNNAMED_SPECS = {
+    # Largest divisible dimension (ties to the later one): the MLP's 512 hidden units, which is
+    # Megatron's column (up) then row (down) split under tensor.
+    "fsdp": {"up": P(None, "fsdp"), "down": P("fsdp"), "head": P()},
+    "tensor": {"up": P(None, "tensor"), "down": P("tensor"), "head": P()},
+    # Tensor first, then fsdp on another dimension.
+    "fsdp_tensor": {"up": P("fsdp", "tensor"), "down": P("tensor", "fsdp"), "head": P()},
+    "data": {"up": P(), "down": P(), "head": P()},
+}
+PURE_SPECS = {
+    "fsdp": {"w1": P(None, "fsdp"), "w2": P("fsdp"), "b1": P(), "b2": P()},
+    "tensor": {"w1": P(None, "tensor"), "w2": P("tensor"), "b1": P(), "b2": P()},
+    "fsdp_tensor": {"w1": P("fsdp", "tensor"), "w2": P("tensor", "fsdp"), "b1": P(), "b2": P()},
+    "data": {"w1": P(), "w2": P(), "b1": P(), "b2": P()},
+}
+
+
+@functools.cache
+def _compiled_user(family, parallel):
+    model = _USER_MODELS[family]
+    # SGD: parameters then compare gradients; Adam would turn float32 reduction-order noise in
+    # near-zero gradient entries into whole learning-rate steps.
+    tx, schedule = optim.make(OptimizerConfig(name="sgd", learning_rate=0.5), total_steps=100)
+    devices = jax.devices()[:1] if parallel == ONE_DEVICE else None
+    mesh = mesh_lib.make_mesh(parallel, devices=devices)
+    return mesh, loop.compile_steps(model, tx, schedule, _example("image"), parallel, mesh)
+
+
+def _run_user(family, parallel):
+    _, c = _compiled_user(family, parallel)
+    state = c.init_fn()
+    losses = []
+    for batch in _batches("image"):
+        state, metrics = c.train_step(state, jax.device_put(batch, c.batch_sharding))
+        losses.append(float(metrics["loss"]))
+    return np.array(losses), state, c
+
+
+@pytest.mark.parametrize("preset", ["fsdp", "tensor", "fsdp_tensor", "data"])
+@pytest.mark.parametrize("family", ["unnamed_mlp", "pure"])
+def test_unnamed_parameters_follow_the_default_rule_and_train_like_one_device(family, preset):
+    _, c = _compiled_user(family, PRESETS[preset])
+    params = c.state_sharding.params
+    if family == "unnamed_mlp":
+        got = {layer: params[layer]["kernel"].spec for layer in ("up", "down", "head")}
+        assert all(params[layer]["bias"].spec == P() for layer in ("up", "down", "head"))
+        assert got == UNNAMED_SPECS[preset]
+    else:
+        assert {k: s.spec for k, s in params.items()} == PURE_SPECS[preset]
+    r = c.report
+    n_split = 0 if preset == "data" else 2
+    assert r.by_name == {"count": 0, "bytes": 0}
+    assert r.by_default["count"] == n_split and r.replicated["count"] == r.unnamed - n_split
+    assert r.by_default["bytes"] + r.replicated["bytes"] == r.params_bytes
+    if preset != "data":
+        assert "nn.with_logical_partitioning(init, (\"embed\", \"mlp\"))" in r.describe()
+        assert r.params_bytes_per_device < r.params_bytes / 3
+
+    ref_losses, ref_state, _ = _run_user(family, ONE_DEVICE)
+    losses, state, _ = _run_user(family, PRESETS[preset])
+    np.testing.assert_allclose(losses, ref_losses, rtol=RTOL, atol=ATOL)
+    chex.assert_trees_all_close(jax.device_get(state.params), jax.device_get(ref_state.params),
+                                rtol=RTOL, atol=ATOL)
+    for arr, want in zip(jax.tree.leaves(state.params), jax.tree.leaves(params)):
+        assert arr.sharding.is_equivalent_to(want, arr.ndim)
+
+
+def test_state_shardings_take_plain_shape_dtype_structs():
+    # A pure-function model's params as jax.ShapeDtypeStructs, no boxes and no boxed tree.
+    tx, _ = optim.make(OptimizerConfig(name="adam"), total_steps=10)
+    init = lambda: loop.init_state(PURE, tx, _example("image"), 0)  # noqa: E731
+    shapes = jax.eval_shape(init)
+    assert all(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(shapes.params))
+    mesh = mesh_lib.make_mesh(PRESETS["fsdp"])
+    shardings, report = sharding_lib.state_shardings(shapes, None, mesh, "fsdp")
+    assert {k: s.spec for k, s in shardings.params.items()} == PURE_SPECS["fsdp"]
+    assert report.by_default == {"count": 2, "bytes": (64 * 512 + 512 * 64) * 4}
+    # Adam's moments follow the parameters they mirror.
+    specs = lambda tree: jax.tree.map(lambda s: s.spec, tree)  # noqa: E731
+    assert specs(shardings.opt_state[0].mu) == specs(shardings.opt_state[0].nu) == specs(shardings.params)
+    # The same tree passed explicitly as the "boxed" one, and a threshold that keeps all whole.
+    same, _ = sharding_lib.state_shardings(shapes, shapes.params, mesh, "fsdp")
+    assert same == shardings
+    whole, report = sharding_lib.state_shardings(shapes, None, mesh, "fsdp",
+                                                 default_min_bytes=1 << 30)
+    assert all(s.spec == P() for s in whole.params.values()) and report.by_default["count"] == 0
+
+
+def test_named_and_unnamed_parameters_in_one_model_are_counted_apart():
+    class Mixed(nn.Module):
+        @nn.compact
+        def __call__(self, x, *, train=False):
+            x = x.reshape(x.shape[0], -1)
+            x = nn.Dense(512, kernel_init=nn.with_logical_partitioning(
+                nn.initializers.lecun_normal(), ("embed", "mlp")), name="named")(x)
+            return nn.Dense(256, name="plain")(x)
+
+    tx, _ = optim.make(OptimizerConfig(), total_steps=10)
+    model = Mixed()
+    shapes = jax.eval_shape(lambda: loop.init_state(model, tx, _example("image"), 0))
+    shardings, report = sharding_lib.state_shardings(
+        shapes, loop.abstract_variables(model, _example("image"))["params"],
+        mesh_lib.make_mesh(PRESETS["tensor"]), "tensor")
+    # Named: the table's ("mlp", "tensor"); unnamed: largest divisible dimension, 512.
+    assert shardings.params["named"]["kernel"].spec == P(None, "tensor")
+    assert shardings.params["plain"]["kernel"].spec == P("tensor")
+    assert report.by_name == {"count": 1, "bytes": 64 * 512 * 4}
+    assert report.by_default == {"count": 1, "bytes": 512 * 256 * 4}
+    assert report.unnamed == 3  # the plain kernel and both biases (the named layer's bias too)
+
+
+@pytest.mark.parametrize("shape, preset, mesh, want", [
+    ((1024, 96), "fsdp", {"fsdp": 8}, P("fsdp")),
+    ((96, 1024), "fsdp", {"fsdp": 8}, P(None, "fsdp")),
+    ((256, 256), "fsdp", {"fsdp": 8}, P(None, "fsdp")),  # tie: the later (output) dimension
+    ((1001, 99), "fsdp", {"fsdp": 8}, P()),  # nothing divides: replicated
+    ((1001, 96), "fsdp", {"fsdp": 8}, P(None, "fsdp")),  # the largest that divides
+    ((3, 3, 64, 128), "tensor", {"tensor": 4}, P(None, None, None, "tensor")),  # conv filters
+    ((512, 128), "fsdp_tensor", {"fsdp": 4, "tensor": 2}, P("tensor", "fsdp")),
+    ((512, 128), "data", {"data": 8}, P()),
+    ((8192,), "fsdp", {"fsdp": 8}, P()),  # 32 KiB: under the threshold
+    ((1 << 15,), "fsdp", {"fsdp": 8}, P("fsdp")),  # 128 KiB vector: over it
+])
+def test_default_rule(shape, preset, mesh, want):
+    from jaxmodels.parallel import rules
+
+    mesh_shape = {"data": 1, "fsdp": 1, "tensor": 1, **mesh}
+    nbytes = int(np.prod(shape)) * 4
+    assert rules.default_spec(shape, nbytes, preset, mesh_shape) == want

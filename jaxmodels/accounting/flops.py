@@ -24,6 +24,9 @@ What is counted (the conventions, stated once):
   gradient needs only its input, and the residual sum it feeds is the next block's saved input).
   `hardware_flops_per_example` adds that recomputation.
 
+For a model with no formula here (a user's own), `xla_flops.train_flops_per_example` reads the
+training FLOPs from XLA's cost analysis of the compiled step instead.
+
 Checked in tests/test_flops.py: exactly equal to the dot and convolution FLOPs of the traced train
 step, and within 10 % of XLA's `cost_analysis()` of the compiled step once its own conventions
 are reconciled (it adds elementwise work, skips padding taps, computes the full causal square,
@@ -44,6 +47,7 @@ import math
 import numbers
 from collections.abc import Sequence
 
+from jaxmodels.accounting import xla_flops
 from jaxmodels.errors import ConfigError
 from jaxmodels.models import (BatchNormCNNConfig, MLPConfig, RNNClassifierConfig, RNNLMConfig, SeedCNNConfig,
                               TransformerClassifierConfig, TransformerLMConfig, ViTConfig)
@@ -157,18 +161,11 @@ def describe(acc: Accounting) -> str:
 
 def compiled_flops(compiled) -> float | None:
     """XLA's FLOP count of a compiled computation (`jax.jit(f).lower(...).compile()`), or None
-    when the backend gives none. JAX 0.10 returns one dict; older versions a list of one dict per
-    program. XLA counts a while loop's body once (scanned layers, RNN time steps), so compare it
-    with `account` only on unrolled code or after scaling the loop bodies yourself."""
-    try:
-        analysis = compiled.cost_analysis()
-    except Exception:  # noqa: BLE001 -- some backends raise instead of returning nothing
-        return None
-    if isinstance(analysis, (list, tuple)):
-        analysis = analysis[0] if analysis else None
-    if not analysis or "flops" not in analysis:
-        return None
-    return float(analysis["flops"])
+    when the backend gives none (see `xla_flops.cost_analysis_flops`, which also says why, and
+    `xla_flops.train_flops_per_example` for per-example training FLOPs of any model). XLA counts
+    a while loop's body once (scanned layers, RNN time steps), so compare it with `account` only
+    on unrolled code or after scaling the loop bodies yourself."""
+    return xla_flops.cost_analysis_flops(compiled)[0]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -237,7 +234,7 @@ def _mlp(cfg: MLPConfig, shape, remat) -> _Parts:
 def _rnn_stack(cfg: RNNCore, steps: int, features: int, *, reads_data: bool):
     """(params, terms) of the recurrent layers over `steps` time steps."""
     d = cfg.hidden
-    g = CELLS[cfg.cell].num_gates * d  # the fused gates' width G
+    g = CELLS[cfg.cell].num_gates * d  # the fused gate units U
     terms, params = [], 0
     for layer in range(cfg.num_layers):
         f = features if layer == 0 else d

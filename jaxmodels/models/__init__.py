@@ -3,6 +3,19 @@
 The package registers its eight families with `jaxmodels.register_model`, the call a researcher
 uses for their own (jaxmodels/registry.py holds the one table). A config's `kind` names its
 family in JSON. The loop consumes any of them through `jaxmodels.Model` (models/interface.py).
+
+Tensor names carry their shapes as suffixes, dimensions joined by "x" (`x_BxTxD`, `k_BxSxGxDh`;
+a digit is a literal size, as in `mask_Bx1x1xT`). One legend holds for every file here and for
+jaxmodels/generate.py; each file repeats the entries it uses, word for word, and
+tests/test_glossary.py checks that they agree with this one and cover every suffix in the code.
+
+Shape names: B batch; T sequence positions (queries, or an RNN's time steps); S key positions (a KV
+cache's buffer length); D model width (an RNN's hidden state); E token embedding width; F features
+other than the model width (an MLP's hidden units, a flattened image, an RNN's per-step input); U
+an RNN's fused gate units (num_gates x D); H query heads; G key/value heads (G divides H); N heads
+of either kind (H or G); Dh head dim; V vocabulary; K classes; L layers; M longest sequence
+(max_len); Hi image height; Wi image width; C channels; P patches; Q values per patch (patch x
+patch x C).
 """
 
 import flax.linen as nn

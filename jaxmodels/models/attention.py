@@ -1,8 +1,12 @@
 """Multi-head, grouped-query and multi-query self-attention, with an optional explicit KV cache.
 
-Shapes are written as suffixes: B batch, T query positions, S key positions, D model width,
-H query heads, K key/value heads (K divides H; K == H is multi-head, K == 1 multi-query), Dh head
-dim. Logical axis names: "embed" (D), "heads" (H), "kv" (K), "head_dim" (Dh).
+Shape names (the package glossary in jaxmodels/models/__init__.py): B batch; T sequence positions
+(queries, or an RNN's time steps); S key positions (a KV cache's buffer length); D model width (an
+RNN's hidden state); H query heads; G key/value heads (G divides H); N heads of either kind (H or
+G); Dh head dim.
+
+G == H is multi-head attention, G == 1 multi-query. Logical axis names: "embed" (D), "heads" (H),
+"kv" (G), "head_dim" (Dh).
 
 The softmax(QK^T/sqrt(Dh))V (under muP, QK^T times `config.attention_scale`) itself is
 `jax.nn.dot_product_attention`, so accelerators get their fused kernels (`implementation=None`
@@ -22,9 +26,9 @@ import jax.numpy as jnp
 from jaxmodels.models import layers, positional
 
 if TYPE_CHECKING:  # the config lives with the models; importing it here would be circular
-    from jaxmodels.models.transformer import TransformerCore
+    from jaxmodels.models.transformer_config import TransformerCore
 
-# One layer's cache: (k_BxSxKxDh, v_BxSxKxDh), S the buffer length.
+# One layer's cache: (k_BxSxGxDh, v_BxSxGxDh), S the buffer length.
 LayerKV = tuple[jax.Array, jax.Array]
 
 
@@ -67,25 +71,25 @@ class Attention(nn.Module):
             return jnp.einsum("btd,dnk->btnk", x_BxTxD.astype(dtype), w_DxNxDh.astype(dtype))
 
         q_BxTxHxDh = project("query", h, "heads")
-        k_BxTxKxDh = project("key", k, "kv")
-        v_BxTxKxDh = project("value", k, "kv")
+        k_BxTxGxDh = project("key", k, "kv")
+        v_BxTxGxDh = project("value", k, "kv")
         if cfg.positional == "rope":
             q_BxTxHxDh = positional.rope(q_BxTxHxDh, positions_BxT)
-            k_BxTxKxDh = positional.rope(k_BxTxKxDh, positions_BxT)
+            k_BxTxGxDh = positional.rope(k_BxTxGxDh, positions_BxT)
 
         if kv is not None:
             k_cache, v_cache = kv
             start = (0, index, 0, 0)
-            k_cache = jax.lax.dynamic_update_slice(k_cache, k_BxTxKxDh.astype(k_cache.dtype), start)
-            v_cache = jax.lax.dynamic_update_slice(v_cache, v_BxTxKxDh.astype(v_cache.dtype), start)
+            k_cache = jax.lax.dynamic_update_slice(k_cache, k_BxTxGxDh.astype(k_cache.dtype), start)
+            v_cache = jax.lax.dynamic_update_slice(v_cache, v_BxTxGxDh.astype(v_cache.dtype), start)
             kv = (k_cache, v_cache)
-            k_BxSxKxDh, v_BxSxKxDh = k_cache.astype(dtype), v_cache.astype(dtype)
+            k_BxSxGxDh, v_BxSxGxDh = k_cache.astype(dtype), v_cache.astype(dtype)
         else:
-            k_BxSxKxDh, v_BxSxKxDh = k_BxTxKxDh, v_BxTxKxDh
+            k_BxSxGxDh, v_BxSxGxDh = k_BxTxGxDh, v_BxTxGxDh
 
         q_BxTxHxDh = layers.constrain(q_BxTxHxDh, ("act_batch", None, "act_heads", None))
         out_BxTxHxDh = jax.nn.dot_product_attention(
-            q_BxTxHxDh, k_BxSxKxDh, v_BxSxKxDh, mask=mask, is_causal=causal,
+            q_BxTxHxDh, k_BxSxGxDh, v_BxSxGxDh, mask=mask, is_causal=causal,
             scale=cfg.attention_scale)
         out_BxTxHxDh = layers.constrain(out_BxTxHxDh, ("act_batch", None, "act_heads", None))
 

@@ -1,7 +1,10 @@
 """Convolutional image classifiers.
 
-Shapes are written as suffixes: B batch, H height, W width, C channels, F flattened features,
-K classes. Images are NHWC. Every parameter carries logical axis names ("conv_in", "conv_out",
+Shape names (the package glossary in jaxmodels/models/__init__.py): B batch; Hi image height; Wi
+image width; C channels; F features other than the model width (an MLP's hidden units, a flattened
+image, an RNN's per-step input); K classes.
+
+Images are NHWC. Every parameter carries logical axis names ("conv_in", "conv_out",
 "embed", "mlp", "classes"); a rules table in the parallel layer maps them to mesh axes, so this
 file never mentions a device mesh.
 
@@ -35,10 +38,10 @@ class SeedCNN(nn.Module):
     config: SeedCNNConfig
 
     @nn.compact
-    def __call__(self, x_BxHxWxC: jax.Array, *, train: bool = False) -> jax.Array:
+    def __call__(self, x_BxHixWixC: jax.Array, *, train: bool = False) -> jax.Array:
         del train  # no dropout or batch statistics in the classic model
         cfg = self.config
-        x = layers.conv(cfg.filters, cfg.kernel_size, name="conv")(x_BxHxWxC)
+        x = layers.conv(cfg.filters, cfg.kernel_size, name="conv")(x_BxHixWixC)
         x = nn.relu(x)
         x = layers.max_pool(x, 2)
         x_BxF = x.reshape(x.shape[0], -1)
@@ -76,9 +79,9 @@ class BatchNormCNN(nn.Module):
     config: BatchNormCNNConfig
 
     @nn.compact
-    def __call__(self, x_BxHxWxC: jax.Array, *, train: bool = False) -> jax.Array:
+    def __call__(self, x_BxHixWixC: jax.Array, *, train: bool = False) -> jax.Array:
         cfg = self.config
-        x = x_BxHxWxC
+        x = x_BxHixWixC
         for b, filters in enumerate(cfg.block_filters):
             for c in range(cfg.convs_per_block):
                 # No conv bias: the BatchNorm shift that follows makes it redundant.

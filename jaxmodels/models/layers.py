@@ -1,4 +1,8 @@
-"""Small shared pieces: layers that carry logical axis names, and config checks."""
+"""Small shared pieces: layers that carry logical axis names, and config checks.
+
+Shape names (the package glossary in jaxmodels/models/__init__.py): B batch; Hi image height; Wi
+image width; C channels.
+"""
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -36,19 +40,19 @@ def positive(cfg, *names: str) -> list[tuple[str, str]]:
     return [(n, f"must be positive, got {getattr(cfg, n)}") for n in names if getattr(cfg, n) <= 0]
 
 
-def max_pool(x_BxHxWxC, window: int = 2):
+def max_pool(x_BxHixWixC, window: int = 2):
     """Non-overlapping max-pool (stride == window, 'VALID': a trailing odd row/column is dropped).
 
     Written as an element-wise maximum of window**2 strided slices rather than `nn.max_pool`:
     the same values, but XLA's CPU gradient of `reduce_window` (select-and-scatter) is about 10x
     slower, and it dominated the classic CNN's step time.
     """
-    _, h, w, _ = x_BxHxWxC.shape
+    _, h, w, _ = x_BxHixWixC.shape
     h_out, w_out = h // window, w // window
     out = None
     for i in range(window):
         for j in range(window):
-            part = x_BxHxWxC[:, i:h_out * window:window, j:w_out * window:window, :]
+            part = x_BxHixWixC[:, i:h_out * window:window, j:w_out * window:window, :]
             out = part if out is None else jnp.maximum(out, part)
     return out
 

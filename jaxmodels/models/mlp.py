@@ -1,4 +1,8 @@
-"""A multi-layer perceptron on flattened inputs. Shapes: B batch, F features, K classes."""
+"""A multi-layer perceptron on flattened inputs.
+
+Shape names (the package glossary in jaxmodels/models/__init__.py): B batch; F features other than
+the model width (an MLP's hidden units, a flattened image, an RNN's per-step input); K classes.
+"""
 
 import dataclasses
 from typing import Literal

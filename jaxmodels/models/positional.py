@@ -1,7 +1,11 @@
 """Position encodings: sinusoidal and learned (added to the input), rotary (applied to q and k).
 
-Shapes are written as suffixes: B batch, T sequence, D model width, N heads (query or kv),
-Dh head dim, M the longest supported sequence (config.max_len). Positions are always explicit
+Shape names (the package glossary in jaxmodels/models/__init__.py): B batch; T sequence positions
+(queries, or an RNN's time steps); D model width (an RNN's hidden state); H query heads; G
+key/value heads (G divides H); N heads of either kind (H or G); Dh head dim; M longest sequence
+(max_len).
+
+Positions are always explicit
 int arrays rather than implied by an array's length, so a decoder that resumes at an offset
 (the KV cache) encodes position `index + t`, not `t`.
 """
@@ -13,7 +17,7 @@ import jax
 import jax.numpy as jnp
 
 if TYPE_CHECKING:  # the config lives with the models; importing it here would be circular
-    from jaxmodels.models.transformer import TransformerCore
+    from jaxmodels.models.transformer_config import TransformerCore
 
 ROPE_BASE = 10000.0
 

@@ -1,20 +1,24 @@
 """Recurrent networks: Elman, LSTM and GRU cells, stacked, as a language model and a classifier.
 
-Shapes are written as suffixes: B batch, T time, F input features, D hidden, G gates x D (the
-fused pre-activations of all gates), V vocab, E embedding, K classes, L layers; images are
-B, H, W, C. Every parameter carries logical axis names: "embed" for whatever feeds a matmul
+Shape names (the package glossary in jaxmodels/models/__init__.py): B batch; T sequence positions
+(queries, or an RNN's time steps); D model width (an RNN's hidden state); F features other than the
+model width (an MLP's hidden units, a flattened image, an RNN's per-step input); U an RNN's fused
+gate units (num_gates x D); V vocabulary; E token embedding width; K classes; L layers; Hi image
+height; Wi image width; C channels.
+
+Every parameter carries logical axis names: "embed" for whatever feeds a matmul
 (input features, embeddings, the hidden state), "mlp" for gate units, "vocab" and "classes" for
 the heads. A rules table in the parallel layer maps them to mesh axes.
 
-How a layer runs. The input half of every gate, for every time step, is one [B*T, F] x [F, G]
-matmul made before the recurrence starts; only the hidden half (h_{t-1} x [D, G], one fused
+How a layer runs. The input half of every gate, for every time step, is one [B*T, F] x [F, U]
+matmul made before the recurrence starts; only the hidden half (h_{t-1} x [D, U], one fused
 matmul for all gates) stays inside the `nn.scan` over time. A stack runs layer by layer, each
 over the whole sequence, which is what makes that hoisting possible.
 
-Gate layout of the fused [., G] matrices (PyTorch's, so weights port by slicing):
-  Elman  G = D:   h' = tanh(x Wi + b + h Wh)
-  LSTM   G = 4D:  i, f, g, o;  c' = s(f) c + s(i) tanh(g),  h' = s(o) tanh(c')
-  GRU    G = 3D:  r, z, n;     r = s(x Wir + br + h Whr),  z = s(x Wiz + bz + h Whz)
+Gate layout of the fused [., U] matrices (PyTorch's, so weights port by slicing):
+  Elman  U = D:   h' = tanh(x Wi + b + h Wh)
+  LSTM   U = 4D:  i, f, g, o;  c' = s(f) c + s(i) tanh(g),  h' = s(o) tanh(c')
+  GRU    U = 3D:  r, z, n;     r = s(x Wir + br + h Whr),  z = s(x Wiz + bz + h Whz)
                               n = tanh(x Win + bn + r (h Whn + bhn)),  h' = (1 - z) n + z h
 where s is the logistic sigmoid. The GRU is the PyTorch/cuDNN variant: the reset gate scales
 h Whn + bhn *after* the hidden matmul (the original Cho et al. GRU computes (r h) Whn), so one
@@ -121,8 +125,8 @@ class ElmanCell(nn.Module):
     input_bias_init = staticmethod(nn.initializers.zeros)
 
     @nn.compact
-    def __call__(self, h_BxD: jax.Array, xg_BxG: jax.Array):
-        h_BxD = jnp.tanh(xg_BxG + h_BxD @ _recurrent_kernel(self, self.num_gates))
+    def __call__(self, h_BxD: jax.Array, xg_BxU: jax.Array):
+        h_BxD = jnp.tanh(xg_BxU + h_BxD @ _recurrent_kernel(self, self.num_gates))
         return h_BxD, h_BxD
 
     @staticmethod
@@ -138,10 +142,10 @@ class LSTMCell(nn.Module):
     input_bias_init = staticmethod(_lstm_bias)
 
     @nn.compact
-    def __call__(self, carry, xg_BxG: jax.Array):
+    def __call__(self, carry, xg_BxU: jax.Array):
         c_BxD, h_BxD = carry
-        z_BxG = xg_BxG + h_BxD @ _recurrent_kernel(self, self.num_gates)
-        i, f, g, o = jnp.split(z_BxG, 4, axis=-1)
+        z_BxU = xg_BxU + h_BxD @ _recurrent_kernel(self, self.num_gates)
+        i, f, g, o = jnp.split(z_BxU, 4, axis=-1)
         c_BxD = jax.nn.sigmoid(f) * c_BxD + jax.nn.sigmoid(i) * jnp.tanh(g)
         h_BxD = jax.nn.sigmoid(o) * jnp.tanh(c_BxD)
         return (c_BxD, h_BxD), h_BxD
@@ -160,13 +164,13 @@ class GRUCell(nn.Module):
     input_bias_init = staticmethod(nn.initializers.zeros)
 
     @nn.compact
-    def __call__(self, h_BxD: jax.Array, xg_BxG: jax.Array):
-        hg_BxG = h_BxD @ _recurrent_kernel(self, self.num_gates)
+    def __call__(self, h_BxD: jax.Array, xg_BxU: jax.Array):
+        hg_BxU = h_BxD @ _recurrent_kernel(self, self.num_gates)
         # The one hidden bias that is not redundant with the input bias: r multiplies it.
         bhn_D = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, ("mlp",)),
                            (self.config.hidden,), jnp.float32)
-        xr, xz, xn = jnp.split(xg_BxG, 3, axis=-1)
-        hr, hz, hn = jnp.split(hg_BxG, 3, axis=-1)
+        xr, xz, xn = jnp.split(xg_BxU, 3, axis=-1)
+        hr, hz, hn = jnp.split(hg_BxU, 3, axis=-1)
         r = jax.nn.sigmoid(xr + hr)
         z = jax.nn.sigmoid(xz + hz)
         n = jnp.tanh(xn + r * (hn + bhn_D[None, :]))
@@ -202,7 +206,7 @@ class RNNLayer(nn.Module):
         cell = CELLS[cfg.cell]
         # Hoisted out of the scan: one big matmul for all steps instead of T small ones (on CPU
         # this is most of the layer's speed); the scan body keeps only what depends on h_{t-1}.
-        xg_BxTxG = nn.Dense(
+        xg_BxTxU = nn.Dense(
             cell.num_gates * cfg.hidden,
             kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), ("embed", "mlp")),
             bias_init=nn.with_logical_partitioning(cell.input_bias_init, ("mlp",)),
@@ -210,7 +214,7 @@ class RNNLayer(nn.Module):
         )(x_BxTxF)
         scan = nn.scan(cell, variable_broadcast="params", split_rngs={"params": False},
                        in_axes=1, out_axes=1)
-        return scan(cfg, name="recurrent")(carry, xg_BxTxG)
+        return scan(cfg, name="recurrent")(carry, xg_BxTxU)
 
 
 class RNNStack(nn.Module):
@@ -278,7 +282,7 @@ class RNNLM(nn.Module):
 
 
 class RNNClassifier(nn.Module):
-    """Classifies a sequence x_BxTxF, or images x_BxHxWxC read row by row (T = H, F = W*C), from
+    """Classifies a sequence x_BxTxF, or images x_BxHixWixC read row by row (T = H, F = W*C), from
     the last layer's final hidden state: logits_BxK."""
 
     config: RNNClassifierConfig

@@ -18,6 +18,19 @@ is sharded when the parameter has it, otherwise the next name in the list.
 A dimension its mesh axes do not divide is replicated instead (and reported, see
 `jaxmodels.parallel.sharding`), except "heads": splitting attention heads unevenly over the
 tensor axis is a configuration mistake, reported before anything compiles.
+
+Parameters without logical names (a plain `nn.Dense`, a pure init/apply pair's dict of arrays)
+get one default rule instead, `default_spec`: under a preset that splits parameters, a parameter
+of at least DEFAULT_MIN_BYTES has its largest dimension divisible by the mesh axis split over
+it, "tensor" first (it fixes the model-parallel layout), then "fsdp" on another dimension; ties go
+to the later dimension. Why "largest": for a dense kernel (in, out) it is the MLP's hidden units
+on both the up (D, F) and the down (F, D) projection, which is Megatron's column-then-row split
+with no names at all, and under fsdp it is the dimension that divides the bytes most evenly. Why
+ties to the later one: Flax kernels are (..., in, out), so a square kernel is split by output
+features (column parallel), and a convolution kernel (kh, kw, in, out) by its filters. Below the
+threshold (biases, norm scales, small kernels) a parameter stays replicated: gathering it every
+step would cost a collective's latency to save a few kilobytes. Named parameters never use this
+rule, even where the table leaves them replicated.
 """
 
 from __future__ import annotations
@@ -70,6 +83,38 @@ def activation_rules(preset: str, mesh_shape: dict[str, int]) -> tuple[tuple[str
         kept = tuple(a for a in _axes_tuple(axes) if mesh_shape.get(a, 1) > 1)
         out.append((name, kept if len(kept) > 1 else (kept[0] if kept else None)))
     return tuple(out)
+
+
+# The default rule's axes per preset, in the order they claim a dimension.
+DEFAULT_AXES: dict[str, tuple[str, ...]] = {
+    "data": (),
+    "fsdp": ("fsdp",),
+    "tensor": ("tensor",),
+    "fsdp_tensor": ("tensor", "fsdp"),
+}
+# Smallest parameter (bytes) the default rule splits: 64 KiB, a 128 x 128 float32 kernel.
+DEFAULT_MIN_BYTES = 1 << 16
+
+
+def default_spec(shape: tuple[int, ...], nbytes: int, preset: str, mesh_shape: dict[str, int], *,
+                 min_bytes: int = DEFAULT_MIN_BYTES) -> P:
+    """The mesh PartitionSpec of a parameter that names no logical axes (see the module
+    docstring): P() when it is below `min_bytes`, the preset splits no parameters, or no
+    dimension divides."""
+    out: list[MeshAxes] = [None] * len(shape)
+    if nbytes < min_bytes:
+        return P()
+    for axis in DEFAULT_AXES[preset]:
+        n = mesh_shape.get(axis, 1)
+        if n <= 1:
+            continue
+        free = [d for d in range(len(shape)) if out[d] is None and shape[d] % n == 0]
+        if free:
+            # max over (size, index): the largest dimension, the later one on a tie.
+            out[max(free, key=lambda d: (shape[d], d))] = axis
+    while out and out[-1] is None:
+        out.pop()
+    return P(*out)
 
 
 # Dimensions that must divide evenly: an uneven split is an error rather than a silent replica.
