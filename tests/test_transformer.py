@@ -507,11 +507,11 @@ def test_registered_and_configurable_by_flat_overrides():
     import json
 
     from jaxmodels import config as C
-    from jaxmodels import models
+    from jaxmodels import models, registry
     from jaxmodels.errors import ConfigError
 
     for config_cls, module_cls in MODULES.items():
-        assert models.MODELS[config_cls] is module_cls
+        assert registry.MODELS[config_cls.kind].build is module_cls
         assert models.config_class(config_cls.kind) is config_cls
     cfg = C.apply_overrides(C.Config(model=tf.TransformerLMConfig()), [
         "model.num_layers=6", "model.num_kv_heads=2", "model.positional=rope", "model.scan_layers=true",

@@ -54,6 +54,10 @@ class XlaFlops:
         return self.per_example
 
     @property
+    def source(self) -> str:  # summary.json's flops_source
+        return "xla"
+
+    @property
     def non_embedding_params(self) -> None:
         # XLA sees operations, not which tables are looked up rather than multiplied.
         return None

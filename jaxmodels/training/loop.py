@@ -357,7 +357,7 @@ def train(config: Config, workdir: str | os.PathLike, *, restart: bool = False,
 def _announce(s: Setup, n_params: int, fresh: bool, log) -> None:
     cfg = s.config
     if fresh:
-        print(f"{cfg.name}: {type(s.model).__name__} with {n_params:,} parameters on "
+        print(f"{cfg.name}: {s.model.name} with {n_params:,} parameters on "
               f"{s.task.describe()}; "
               f"{s.total_steps:,} steps of batch {cfg.data.batch_size} "
               f"({s.total_steps / s.steps_per_epoch:.2f} epochs) on {s.mesh.devices.size} "

@@ -94,34 +94,23 @@ class Throughput:
         }
 
 
-class XLAFlops:
-    """FLOPs per example as XLA counts them in the lowered train step: the whole step (forward,
-    backward, optimizer), so model and hardware FLOPs are one number."""
+def xla_flops_per_example(train_step, state, batch, batch_size: int, microbatches: int = 1):
+    """XLA's count of the train step (jitted) lowered on `state` and `batch` (arrays or
+    ShapeDtypeStructs), per example, as an `accounting.xla_flops.XlaFlops`; None where the
+    backend reports no count. The lowered (not yet optimised or partitioned) program is the
+    whole global step and lowering compiles nothing, so a run pays no second compile for its
+    MFU; accounting/xla_flops.py documents where XLA's count drifts from the analytic one."""
+    from jaxmodels.accounting import xla_flops
 
-    source = "xla"
-    non_embedding_params = None
-
-    def __init__(self, per_example: float):
-        self.model_flops_per_example = self.hardware_flops_per_example = per_example
-
-
-def xla_flops_per_example(train_step, state, batch, batch_size: int) -> XLAFlops | None:
-    """XLA's cost analysis of `train_step` (jitted) on `state` and `batch` (arrays or
-    ShapeDtypeStructs), per example; None where the backend reports no count. Lowering traces
-    the step again but compiles nothing.
-
-    THE FALLBACK CALL SITE: when accounting/ gains its own XLA-cost FLOPs function, plug it in
-    here; `flops_for` below is its only caller."""
     try:
-        cost = train_step.lower(state, batch).cost_analysis()
+        lowered = train_step.lower(state, batch)
     except Exception:  # noqa: BLE001 - a count is optional: never fail a run over it
         return None
-    if isinstance(cost, (list, tuple)):  # older JAX: one dict per program
-        cost = cost[0] if cost else None
-    flops = (cost or {}).get("flops")
-    if not flops or flops <= 0:
+    flops, _ = xla_flops.cost_analysis_flops(lowered)
+    if not flops:
         return None
-    return XLAFlops(float(flops) / batch_size)
+    per_example = flops / (batch_size // microbatches)
+    return xla_flops.XlaFlops(per_example, per_example * batch_size, 1, 0, None)
 
 
 def flops_for(s, n_params: int, state, batch_shapes, log):
@@ -141,7 +130,8 @@ def flops_for(s, n_params: int, state, batch_shapes, log):
         if acc.params == n_params:
             return acc
         acc = None
-    xla = xla_flops_per_example(s.train_step, state, batch_shapes(), s.config.data.batch_size)
+    xla = xla_flops_per_example(s.train_step, state, batch_shapes(), s.config.data.batch_size,
+                                s.config.train.microbatches)
     if xla is None:
         print(f"{s.config.name}: no FLOP accounting, so no MFU ({why})", file=log)
     return xla
