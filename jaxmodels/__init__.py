@@ -7,19 +7,45 @@
 Importing this package changes no global JAX setting and touches no file or network.
 """
 
-from jaxmodels.config import Config, DataConfig, ObjectiveConfig, OptimizerConfig, TrainConfig, apply_overrides
+from jaxmodels.config import (CheckpointConfig, Config, DataConfig, ObjectiveConfig, OptimizerConfig,
+                              ParallelConfig, TrainConfig, apply_overrides)
 from jaxmodels.config import load as load_config
-from jaxmodels.data.arrays import from_arrays
-from jaxmodels.data.generator import from_generator
-from jaxmodels.data.grain_source import from_grain
-from jaxmodels.data.source import BatchStream, DataSource
 from jaxmodels.errors import ConfigError, DataError, RunStopped, UserError
-from jaxmodels.models.interface import Model, as_model
 from jaxmodels.registry import register_dataset, register_model, register_objective
-from jaxmodels.training import objectives
-from jaxmodels.training.objectives import Objective
-from jaxmodels.training.state import TrainState
-from jaxmodels.training.step import make_eval_step, make_train_step
+
+# The rest of the public API is imported on first use (PEP 562), so `import jaxmodels` and the
+# CLI's argument and config errors do not wait for orbax, grain and matplotlib to load.
+_LAZY = {
+    "Model": "jaxmodels.models.interface", "as_model": "jaxmodels.models.interface",
+    "objectives": None, "Objective": "jaxmodels.training.objectives",
+    "hooks": None, "Hook": "jaxmodels.training.hooks", "Stop": "jaxmodels.training.hooks",
+    "EarlyStopping": "jaxmodels.training.hooks", "CSVLogger": "jaxmodels.training.hooks",
+    "SavePredictions": "jaxmodels.training.hooks",
+    "TrainState": "jaxmodels.training.state",
+    "make_train_step": "jaxmodels.training.step", "make_eval_step": "jaxmodels.training.step",
+    "Parts": "jaxmodels.training.loop",
+    "DataSource": "jaxmodels.data.source", "BatchStream": "jaxmodels.data.source",
+    "from_arrays": "jaxmodels.data.arrays", "from_generator": "jaxmodels.data.generator",
+    "from_grain": "jaxmodels.data.grain_source",
+}
+
+
+def __getattr__(name: str):
+    import importlib
+
+    if name not in _LAZY:
+        raise AttributeError(f"module 'jaxmodels' has no attribute {name!r}")
+    if _LAZY[name] is None:  # a submodule exposed at the top: jaxmodels.objectives, .hooks
+        value = importlib.import_module(f"jaxmodels.training.{name}")
+    else:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __version__ = "0.1.0"
 
@@ -56,8 +82,10 @@ def evaluate(config: Config, workdir, split: str | None = None) -> dict:
 
 
 __all__ = ["Config", "DataConfig", "ObjectiveConfig", "OptimizerConfig", "TrainConfig",
+           "ParallelConfig", "CheckpointConfig",
            "apply_overrides", "load_config", "train", "evaluate", "ConfigError", "DataError",
            "RunStopped", "UserError", "Model", "as_model", "register_model", "register_dataset",
            "register_objective", "objectives", "Objective", "TrainState", "make_train_step",
            "make_eval_step", "fit", "predict", "from_arrays", "from_generator", "from_grain",
-           "DataSource", "BatchStream"]
+           "DataSource", "BatchStream", "hooks", "Hook", "Stop", "EarlyStopping", "CSVLogger",
+           "SavePredictions", "Parts"]

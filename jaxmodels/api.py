@@ -9,16 +9,16 @@
 `loop.train` as `Parts`: nothing here trains by itself, so checkpoints, exact resume, sharding
 presets, metrics.jsonl, curves.png and the results table behave exactly as on the command line.
 
-Re-running `fit` into a workdir:
+Re-running `fit` (or `jaxmodels train`) into a workdir:
 - the same call resumes an unfinished run, and returns a finished run's summary without
   training (it says so);
-- a call whose settings differ from the finished run there (another learning rate, more epochs
-  of a decayed schedule, another model) is refused with one line: pass `restart=True` to train
-  from scratch into it, or another workdir. Silently training zero steps and reporting the old
-  numbers would be the worst answer, and quietly appending steps to a run whose schedule already
-  ended would not be the run the new settings describe;
-- an unfinished run continues with changes the loop accepts (steps, learning-rate values,
-  cadence), which the log names.
+- into a finished run, a call that changes what training would use (another learning rate,
+  optimizer, model or data) is refused with one line: pass `restart=True` to train from scratch
+  into it, or another workdir. Silently training zero steps and reporting the old numbers as the
+  new settings' would be the worst answer. More steps (or epochs) continue the run;
+- an unfinished run continues with the changes the loop accepts (steps, learning-rate values,
+  cadence), which the log names; changes that break the run (model, data, batch size, seed,
+  optimizer kind) are refused with one line.
 """
 
 from __future__ import annotations
@@ -51,6 +51,12 @@ def _objective_config(loss, label_smoothing: float, z_loss: float):
     from jaxmodels.training import objectives
 
     if isinstance(loss, str):
+        from jaxmodels import registry
+
+        if loss not in registry.OBJECTIVES or loss == "given":
+            known = ", ".join(sorted(set(registry.OBJECTIVES) - {"given"}))
+            raise ConfigError(f"loss={loss!r} is not a registered objective ({known}): or pass a "
+                              f"function loss(outputs, targets) -> per-example losses")
         return config_lib.ObjectiveConfig(name=loss, label_smoothing=label_smoothing, z_loss=z_loss), None
     if isinstance(loss, objectives.Objective) or callable(loss):
         return config_lib.ObjectiveConfig(name="given"), loss
@@ -107,26 +113,6 @@ def _source(data, validation_data, batch_size: int, eval_batch_size: int):
     source = data_lib.from_arrays(train, validation, batch_size=batch_size,
                                   eval_batch_size=eval_batch_size)
     return source, validation_data is None
-
-
-def _finished_mismatch(workdir: pathlib.Path, config: config_lib.Config) -> str | None:
-    """What differs between `config` and the finished run in `workdir` (None: no finished run
-    there, or the same settings)."""
-    from jaxmodels.training import resume
-
-    summary, saved = workdir / "summary.json", workdir / "config.json"
-    if not (summary.is_file() and saved.is_file()):
-        return None
-    try:
-        old = json.loads(saved.read_text())
-        done = json.loads(summary.read_text())
-    except (OSError, ValueError):
-        return None  # unreadable files: the loop's own checks report them
-    allowed, refused = resume.config_changes(old, config_lib.to_dict(config))
-    changes = [c for c in refused + allowed if not c.startswith(("train.progress", "name"))]
-    if not changes or not isinstance(done, dict):
-        return None
-    return "; ".join(changes[:3]) + (f" (and {len(changes) - 3} more)" if len(changes) > 3 else "")
 
 
 def fit(model, data, *, loss="cross_entropy", optimizer="adam", learning_rate: float = 1e-3,
@@ -198,11 +184,6 @@ def fit(model, data, *, loss="cross_entropy", optimizer="adam", learning_rate: f
     workdir = pathlib.Path(workdir if workdir is not None else pathlib.Path("runs") / name)
     if str(workdir) == "":
         raise ConfigError("workdir='' is empty: pass a folder, e.g. workdir='runs/x'")
-    if not restart:
-        changed = _finished_mismatch(workdir, config)
-        if changed:
-            raise UserError(f"{str(workdir)!r} holds a finished run with other settings ({changed}): "
-                            f"pass restart=True to train from scratch into it, or another workdir")
     parts = loop.Parts(model=net, data=source, objective=given_loss, optimizer=given_tx)
     _FITTED[str(workdir.absolute())] = net
     if (workdir / "summary.json").is_file() and not restart:

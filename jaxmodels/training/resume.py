@@ -23,6 +23,18 @@ SAFE = (
     "optimizer.learning_rate", "optimizer.schedule", "optimizer.warmup_steps",
     "optimizer.final_lr_fraction", "optimizer.b1", "optimizer.b2", "optimizer.eps",
     "parallel.", "checkpoint.",
+    # Where the experiment file lives and its hash are recorded, not part of the computation: a
+    # comment edited or the file moved must not block a resume.
+    "experiment_file", "experiment_sha256",
+)
+
+# Changes that still mean something once a run has trained all its steps (a relaunch then only
+# evaluates again): evaluation, logging, placement, bookkeeping. Any other change to a finished
+# run would silently train nothing, so `finished_run_changes` reports it.
+AFTER_THE_END = (
+    "name", "train.progress", "train.log_every", "train.eval_every", "data.eval_batch_size",
+    "data.eval_windows", "data.eval_split", "data.download", "data.mirror", "parallel.",
+    "checkpoint.", "experiment_file", "experiment_sha256",
 )
 
 
@@ -36,8 +48,12 @@ def _flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
+def _matches(key: str, keys) -> bool:
+    return any(key == s or (s.endswith(".") and key.startswith(s)) for s in keys)
+
+
 def _safe(key: str) -> bool:
-    return any(key == s or (s.endswith(".") and key.startswith(s)) for s in SAFE)
+    return _matches(key, SAFE)
 
 
 def config_changes(saved: dict, current: dict) -> tuple[list[str], list[str]]:
@@ -73,3 +89,20 @@ def check_resume(saved: dict, current: dict, workdir, step: int) -> list[str]:
                         f"config ({shown}), which it cannot continue: use the original values, "
                         f"another --workdir, or --restart to start over")
     return allowed
+
+
+def check_finished(saved: dict, current: dict, workdir, step: int, total_steps: int) -> None:
+    """A UserError when the run in `workdir` already trained all `total_steps` (its newest
+    checkpoint is at `step`) and `current` changes something that only training would use (a
+    learning rate, the optimizer, a guard): relaunching would train zero steps and report the
+    old numbers as if they were the new settings'. More steps are not refused: they train."""
+    if step < total_steps:
+        return
+    allowed, refused = config_changes(_with_defaults(saved), current)
+    changed = [c for c in allowed + refused if not _matches(c.split(":")[0], AFTER_THE_END)]
+    if changed:
+        shown = "; ".join(changed[:3]) + (f" (and {len(changed) - 3} more)" if len(changed) > 3 else "")
+        raise UserError(f"{str(workdir)!r} holds a run that finished all {total_steps} steps with "
+                        f"other settings ({shown}), so nothing would be trained with them: pass "
+                        f"--restart (restart=True in Python) to train afresh, raise train.steps to "
+                        f"continue it, or use another workdir")

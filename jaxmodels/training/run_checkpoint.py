@@ -74,6 +74,7 @@ class RunCheckpoint:
         current = config_lib.to_dict(s.config)
         saved = ckpt.saved_config(steps[-1])
         if saved is not None:  # checked before touching the state: a mismatch is not corruption
+            resume.check_finished(saved, current, workdir, steps[-1], s.total_steps)
             resume.check_resume(saved, current, workdir, steps[-1])
         restored = ckpt.restore_latest(abstract_state(s.init_fn, s.state_sharding), log=self.log)
         if restored is None:
