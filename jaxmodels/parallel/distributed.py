@@ -9,6 +9,7 @@ global batch) and hands JAX only the rows its own devices hold.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 
 import jax
 import numpy as np
@@ -82,3 +83,30 @@ def put_batch(batch: dict, sharding: NamedSharding) -> dict:
     return {key: jax.make_array_from_process_local_data(sharding, np.asarray(value)[rows],
                                                         np.shape(value))
             for key, value in batch.items()}
+
+
+def sum_on_host(outputs: Iterable[dict]) -> dict[str, float]:
+    """The sum over batches of replicated per-batch outputs (scalars), added on the host in
+    float64.
+
+    Each output is fetched one batch late, after the next batch's step has been dispatched, so
+    the devices never wait for the host. Adding the outputs with jnp instead would run an eager
+    program on global arrays between the steps; with several processes those programs and the
+    step's collectives need not run in the same order everywhere, and the run deadlocks (it did,
+    in the final evaluation). Here the steps are the only programs, in the same order on every
+    process.
+    """
+    total: dict[str, float] = {}
+    previous = None
+    for out in outputs:
+        if previous is not None:
+            _add(total, jax.device_get(previous))
+        previous = out
+    if previous is not None:
+        _add(total, jax.device_get(previous))
+    return total
+
+
+def _add(total: dict[str, float], fetched: dict) -> None:
+    for key, value in fetched.items():
+        total[key] = total.get(key, 0.0) + float(np.asarray(value, np.float64))

@@ -180,13 +180,11 @@ def _pad_batch(batch: dict, multiple: int) -> dict:
 def run_eval(s: Setup, state: TrainState, split: str, *, periodic: bool = False) -> dict:
     """Loss and accuracy over `split` (every example or token; the last batch padded and
     masked). `periodic` lets a task read a fixed subset during training (text)."""
-    sums = None
-    for batch in s.task.eval_batches(split, periodic=periodic):
-        batch = _pad_batch(batch, mesh_lib.data_parallel_size(s.mesh))
-        out = s.eval_step(state, distributed.put_batch(batch, s.batch_sharding))
-        sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
-    sums = jax.device_get(sums)
-    count = float(sums["count"])
+    dp = mesh_lib.data_parallel_size(s.mesh)
+    sums = distributed.sum_on_host(
+        s.eval_step(state, distributed.put_batch(_pad_batch(batch, dp), s.batch_sharding))
+        for batch in s.task.eval_batches(split, periodic=periodic))
+    count = sums["count"]
     return {"loss": float(sums["loss_sum"]) / count, "accuracy": float(sums["correct"]) / count,
             "examples": int(count)}
 
