@@ -47,6 +47,7 @@ from jaxmodels.parallel import distributed
 from jaxmodels.parallel import mesh as mesh_lib
 from jaxmodels.parallel import rules as rules_lib
 from jaxmodels.parallel import sharding as sharding_lib
+from jaxmodels.parallel import stop_vote
 # Accounting and bookkeeping only (analytic FLOPs, device peaks, the results table):
 # scaling/flops.py, hardware.py and results.py import no training code, so this does not turn
 # the cli -> scaling -> training direction around.
@@ -461,6 +462,7 @@ def _train(s: Setup, ckpt: checkpoint.Checkpoints, workdir: pathlib.Path, main: 
                     file=sys.stderr)
     try:
         with _SignalFlag() as signals:
+            vote = stop_vote.StopVote(s.mesh)  # every process stops at the same step
             for step in range(start_step + 1, s.total_steps + 1):
                 batch = distributed.put_batch(next(batches), s.batch_sharding)
                 state, metrics = s.train_step(state, batch)
@@ -516,17 +518,20 @@ def _train(s: Setup, ckpt: checkpoint.Checkpoints, workdir: pathlib.Path, main: 
                     records.append(record)
                     metrics_file.write(json.dumps(record) + "\n")
                     metrics_file.flush()
-                stopping = signals.received is not None
+                stop_signal = vote(signals.received)
+                stopping = stop_signal is not None
                 if is_last or stopping or (every is not None and step % every == 0):
                     t0 = time.perf_counter()
                     save(step, val)
                     interval_start += time.perf_counter() - t0  # saving is not training either
                 if stopping and not is_last:
                     ckpt.wait()
-                    name = signal.Signals(signals.received).name
+                    name = signal.Signals(stop_signal).name
+                    if signals.received is None:
+                        name += " (sent to another process)"
                     raise RunStopped(f"stopped by {name} after step {step}: checkpoint saved in "
                                      f"{ckpt.directory}; run the same command to resume",
-                                     exit_code=128 + signals.received)
+                                     exit_code=128 + stop_signal)
         ckpt.wait()
     finally:
         bar.close()
