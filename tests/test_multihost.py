@@ -136,3 +136,152 @@ def test_multi_batch_evaluation_on_two_processes_matches_one(model, tmp_path, ml
     assert _eval(summaries[0])[2] == reference["eval_examples"]
     np.testing.assert_allclose(_eval(summaries[0])[:2], _eval(reference)[:2], rtol=1e-5)
     np.testing.assert_allclose(_losses(two), _losses(one), rtol=1e-5)
+
+
+def _slurm_env(i: int, job_id: int) -> dict:
+    # What srun sets for task i of a 2-task step on one node (only what JAX's detector reads,
+    # plus SLURM_NODELIST for realism).
+    return _env(SLURM_JOB_ID=str(job_id), SLURM_NTASKS="2", SLURM_PROCID=str(i),
+                SLURM_LOCALID=str(i), SLURM_STEP_NODELIST="127.0.0.1", SLURM_NODELIST="127.0.0.1",
+                SLURM_STEP_NUM_NODES="1")
+
+
+@needs_8
+def test_slurm_job_step_is_detected_and_matches_one_process(tmp_path, mlp_reference):
+    reference, one = mlp_reference
+    # JAX derives the coordinator port from the job id (61440 + id % 4096): choose an id whose
+    # port is free.
+    port = _free_port(61440)
+    job_id = 4096 * 1000 + port - 61440
+    two = tmp_path / "two"
+    results = _finish([_start(_cli(MLP, MLP_OVERRIDES, two), _slurm_env(i, job_id))
+                       for i in range(2)])
+    for i, (rc, out, err) in enumerate(results):
+        assert rc == 0, err[-3000:]
+        assert f"jaxmodels: SLURM cluster: process {i} of 2, coordinator 127.0.0.1:{port}" in err
+    # Only process 0 printed the summary line.
+    assert '"eval_loss"' in results[0][1] and '"eval_loss"' not in results[1][1]
+    summary = json.loads((two / "summary.json").read_text())
+    assert summary["parallel"]["mesh_shape"] == {"data": 2, "fsdp": 4, "tensor": 1}
+    np.testing.assert_allclose(_losses(two), _losses(one), rtol=1e-5)
+    np.testing.assert_allclose(_eval(summary)[:2], _eval(reference)[:2], rtol=1e-5)
+    assert _eval(summary)[2] == reference["eval_examples"]
+
+
+@needs_8
+def test_sigterm_to_one_process_stops_both_at_one_step_and_resumes_exactly(tmp_path):
+    overrides = [*MLP_OVERRIDES, "train.steps=150", "train.eval_every=50",
+                 "checkpoint.every_steps=none"]
+    stopped, straight = tmp_path / "stopped", tmp_path / "straight"
+    port = _free_port()
+    procs = [_start(_cli(MLP, overrides, stopped, *_flags(port, i)), _env()) for i in range(2)]
+    deadline = time.monotonic() + TIMEOUT
+    # Process 0 logs every step: once two steps are logged the run is under way.
+    while not (stopped / "metrics.jsonl").exists() or len(_losses(stopped)) < 2:
+        assert time.monotonic() < deadline and procs[0].poll() is None, "the run did not start"
+        time.sleep(0.02)
+    procs[1].send_signal(signal.SIGTERM)  # a preemption notice to process 1 only
+    results = _finish(procs)
+    steps = []
+    for i, (rc, out, err) in enumerate(results):
+        assert rc == 128 + signal.SIGTERM, err[-3000:]
+        line = next(x for x in err.splitlines() if x.startswith("jaxmodels: stopped by SIGTERM"))
+        assert ("sent to another process" in line) == (i == 0)
+        steps.append(int(line.split("after step ")[1].split(":")[0]))
+    assert steps[0] == steps[1] < 150, steps
+    saved = sorted(int(p.name) for p in (stopped / "checkpoints").iterdir() if p.name.isdigit())
+    assert saved == [steps[0]]
+
+    port = _free_port()
+    resumed = _finish([_start(_cli(MLP, overrides, stopped, *_flags(port, i)), _env())
+                       for i in range(2)])
+    port = _free_port()
+    reference = _finish([_start(_cli(MLP, overrides, straight, *_flags(port, i)), _env())
+                         for i in range(2)])
+    for rc, out, err in resumed + reference:
+        assert rc == 0, err[-3000:]
+    a, b = (json.loads((w / "summary.json").read_text()) for w in (stopped, straight))
+    assert a["resumed_from"] == [steps[0]] and a["step"] == b["step"] == 150
+    assert _losses(stopped) == _losses(straight)
+    assert _eval(a) == _eval(b)
+
+
+def test_process_settings_come_from_flags_or_environment(monkeypatch):
+    from jaxmodels.errors import UserError
+    from jaxmodels.parallel import distributed
+
+    for name in distributed.ENV:
+        monkeypatch.delenv(name, raising=False)
+    assert distributed.settings_from(None, None, None) is None
+    assert distributed.settings_from("h:1", 2, 1) == ("h:1", 2, 1)
+    monkeypatch.setenv("JAX_COORDINATOR_ADDRESS", "h:2")
+    monkeypatch.setenv("JAX_NUM_PROCESSES", "4")
+    monkeypatch.setenv("JAX_PROCESS_ID", "3")
+    assert distributed.settings_from(None, None, None) == ("h:2", 4, 3)
+    assert distributed.settings_from(None, None, 0) == ("h:2", 4, 0)  # a flag beats the env
+    monkeypatch.delenv("JAX_PROCESS_ID")
+    with pytest.raises(UserError, match="needs all of --coordinator"):
+        distributed.settings_from(None, None, None)
+    with pytest.raises(UserError, match="not in \\[0, 4\\)"):
+        distributed.settings_from(None, None, 4)
+
+
+def _clear_clusters(monkeypatch):
+    for name in list(os.environ):
+        if name.startswith(("SLURM_", "OMPI_", "KUBERNETES_", "TPU_", "MEGASCALE_")):
+            monkeypatch.delenv(name)
+    for name in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_start_stays_one_process_outside_a_cluster_and_auto_says_why(monkeypatch):
+    from jaxmodels.errors import UserError
+    from jaxmodels.parallel import distributed
+
+    _clear_clusters(monkeypatch)
+    # Nothing detected and nothing asked: one process, no coordinator, nothing printed.
+    assert distributed.start(None) is False and distributed.start("off") is False
+    with pytest.raises(UserError, match="--distributed auto found no cluster"):
+        distributed.start("auto")
+    with pytest.raises(UserError, match="--distributed off contradicts"):
+        distributed.start("off", "127.0.0.1:1", 2, 0)
+    # A SLURM job of one task has nothing to join.
+    monkeypatch.setenv("SLURM_JOB_ID", "7")
+    for k, v in {"SLURM_NTASKS": "1", "SLURM_PROCID": "0", "SLURM_LOCALID": "0",
+                 "SLURM_STEP_NODELIST": "node[003-004]"}.items():
+        monkeypatch.setenv(k, v)
+    assert distributed.start(None) is False
+    assert jax.process_count() == 1
+
+
+def test_cluster_detection_reads_a_slurm_step_without_starting_anything(monkeypatch):
+    from jaxmodels.parallel import clusters
+
+    _clear_clusters(monkeypatch)
+    assert clusters.detect() is None
+    for k, v in {"SLURM_JOB_ID": "5", "SLURM_NTASKS": "16", "SLURM_PROCID": "3",
+                 "SLURM_LOCALID": "3", "SLURM_STEP_NODELIST": "gpu[07-08]"}.items():
+        monkeypatch.setenv(k, v)
+    cluster = clusters.detect()
+    assert cluster.name == "SLURM" and cluster.process_count() == 16
+    assert cluster.env.get_coordinator_address(None, None) == f"gpu07:{61440 + 5}"
+
+
+def test_one_process_stop_vote_is_the_local_signal_and_runs_nothing():
+    from jaxmodels.parallel import mesh as mesh_lib
+    from jaxmodels.parallel import stop_vote
+
+    vote = stop_vote.StopVote(mesh_lib.make_mesh())
+    assert not hasattr(vote, "_max")  # no program compiled, none dispatched
+    assert vote(None) is None and vote(15) == 15 and vote(None) is None
+
+
+def test_importing_jaxmodels_detects_no_cluster():
+    # A SLURM environment must not make `import jaxmodels` (or the CLI's --help) start anything.
+    env = _slurm_env(1, 4096 * 1000 + 1)
+    code = ("import jaxmodels, jaxmodels.cli, jaxmodels.training.loop, jax; "
+            "from jax._src import distributed; assert distributed.global_state.client is None; "
+            "print('ok')")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
