@@ -14,7 +14,8 @@ Files written to WORKDIR:
   weights/        final params and model collections (orbax), read by `jaxmodels eval`
 
 SIGTERM or SIGINT during training finishes the current step, saves a checkpoint at it, and stops
-with `RunStopped`; a non-finite loss or gradient norm under train.nonfinite=stop stops without
+with `RunStopped` (with several processes, all of them one step later, whichever received it:
+parallel/stop_vote.py); a non-finite loss or gradient norm under train.nonfinite=stop stops without
 saving anything after the last good checkpoint.
 """
 
