@@ -30,8 +30,9 @@ from jaxmodels import config as C
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 MLP = ROOT / "experiments/configs/mlp_mnist.py"
 GPT = ROOT / "experiments/configs/gpt_shakespeare.py"
-# digits' test split has 270 examples: batches of 64 leave an uneven 14, padded to 16.
-MLP_OVERRIDES = ["data.dataset=digits", "data.batch_size=16", "data.eval_batch_size=64",
+# digits' test split has 270 examples: 34 batches of 8, the last an uneven 6 padded to 8 (the
+# eager accumulation this replaced deadlocked there; with 5 batches of 64 it did not).
+MLP_OVERRIDES = ["data.dataset=digits", "data.batch_size=16", "data.eval_batch_size=8",
                  "train.steps=6", "train.log_every=1", "train.eval_every=3",
                  "parallel.preset=fsdp", "parallel.data=2"]
 # The final evaluation reads the whole validation split: about 29 batches of 512 windows.
@@ -130,8 +131,8 @@ def test_multi_batch_evaluation_on_two_processes_matches_one(model, tmp_path, ml
     assert summaries[0]["val_loss"] == summaries[1]["val_loss"]
     assert len(summaries[0]["devices"]) == 8
     # The final evaluation really read several batches, the last one padded (targets scored
-    # per batch: 64 images, or 512 windows of 16 tokens).
-    per_batch = 64 if model == "mlp" else 512 * 16
+    # per batch: 8 images, or 512 windows of 16 tokens).
+    per_batch = 8 if model == "mlp" else 512 * 16
     assert reference["eval_examples"] > 2 * per_batch and reference["eval_examples"] % per_batch
     assert _eval(summaries[0])[2] == reference["eval_examples"]
     np.testing.assert_allclose(_eval(summaries[0])[:2], _eval(reference)[:2], rtol=1e-5)
