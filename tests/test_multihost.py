@@ -98,7 +98,8 @@ def _flags(port: int, i: int) -> list[str]:
 
 
 def _losses(workdir):
-    return [json.loads(line)["loss"] for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    lines = (workdir / "metrics.jsonl").read_text().splitlines()
+    return [json.loads(line)["loss"] for line in lines]
 
 
 def _eval(summary: dict) -> tuple:
@@ -108,7 +109,8 @@ def _eval(summary: dict) -> tuple:
 @pytest.fixture(scope="module")
 def mlp_reference(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("mlp_one")
-    return jaxmodels.train(C.apply_overrides(C.load(MLP, tiny=True), MLP_OVERRIDES), workdir), workdir
+    config = C.apply_overrides(C.load(MLP, tiny=True), MLP_OVERRIDES)
+    return jaxmodels.train(config, workdir), workdir
 
 
 @needs_8

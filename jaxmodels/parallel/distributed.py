@@ -2,8 +2,8 @@
 
 One process per host, all running the same command; `start` joins them into one JAX runtime
 (from explicit settings, or from the cluster JAX detects: SLURM, Open MPI, Cloud TPU,
-Kubernetes) whose `jax.devices()` spans every host, so the mesh, the rules table and the jitted steps are the
-same as on one host. Every process runs the same deterministic data pipeline (same seed, same
+Kubernetes) whose `jax.devices()` spans every host, so the mesh, the rules table and the jitted
+steps are the same as on one host. Every process runs the same deterministic data pipeline (same seed, same
 global batch) and hands JAX only the rows its own devices hold.
 """
 
