@@ -1,7 +1,8 @@
 """The `jaxmodels` command: parses arguments, then calls `jaxmodels.train` / `jaxmodels.evaluate`.
 
   jaxmodels train [CONFIG] [KEY=VALUE ...] [--workdir DIR] [--tiny] [--restart]
-                  [--coordinator HOST:PORT --num-processes N --process-id I]
+                  [--distributed auto|off | --coordinator HOST:PORT --num-processes N
+                   --process-id I]
   jaxmodels eval CONFIG [KEY=VALUE ...] --workdir DIR [--split test|validation]
   jaxmodels plan CONFIG [KEY=VALUE ...] [--device-memory 16GiB] [--no-compile]
   jaxmodels fit TABLE [--out FIT.json] [--plots DIR] [--bootstrap N]
@@ -49,8 +50,14 @@ def _parser() -> argparse.ArgumentParser:
                        help="output folder (default: runs/<config name>)")
     train.add_argument("--restart", action="store_true",
                        help="delete the workdir's checkpoints and start over instead of resuming")
-    # Multi-host: the same command on every host, each with its own --process-id (or the
-    # JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID environment variables).
+    # Multi-host: the same command on every host. Under SLURM (srun), Open MPI, a Cloud TPU
+    # slice or a Kubernetes Job the processes find each other by themselves; elsewhere each gets
+    # its own --process-id (or the JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID
+    # environment variables).
+    train.add_argument("--distributed", choices=("auto", "off"), default=None,
+                       help="auto: join the cluster JAX detects (an error if none); off: one "
+                            "process even inside a cluster job (default: join a detected "
+                            "cluster of more than one process)")
     train.add_argument("--coordinator", default=None, metavar="HOST:PORT",
                        help="address of process 0, for multi-process training")
     train.add_argument("--num-processes", type=int, default=None)
@@ -199,9 +206,8 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "train":
             from jaxmodels.parallel import distributed
 
-            multi = distributed.settings_from(args.coordinator, args.num_processes, args.process_id)
-            if multi is not None:
-                distributed.initialize(*multi)
+            distributed.start(args.distributed, args.coordinator, args.num_processes,
+                              args.process_id)
             workdir = args.workdir or str(pathlib.Path("runs") / config.name)
             summary = loop.train(config, workdir, restart=args.restart)
             if not distributed.is_main():

@@ -1,20 +1,24 @@
 """Multi-process (multi-host) start-up and feeding each process its slice of a global batch.
 
-One process per host, all running the same command; `initialize` joins them into one JAX runtime
-whose `jax.devices()` spans every host, so the mesh, the rules table and the jitted steps are the
-same as on one host. Every process runs the same deterministic data pipeline (same seed, same
+One process per host, all running the same command; `start` joins them into one JAX runtime
+(from explicit settings, or from the cluster JAX detects: SLURM, Open MPI, Cloud TPU,
+Kubernetes) whose `jax.devices()` spans every host, so the mesh, the rules table and the jitted
+steps are the same as on one host. Every process runs the same deterministic data pipeline (same seed, same
 global batch) and hands JAX only the rows its own devices hold.
 """
 
 from __future__ import annotations
 
 import os
+import sys
+from collections.abc import Iterable
 
 import jax
 import numpy as np
 from jax.sharding import NamedSharding
 
 from jaxmodels.errors import UserError
+from jaxmodels.parallel import clusters
 
 ENV = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")
 
@@ -41,8 +45,71 @@ def settings_from(coordinator: str | None, num_processes: int | None, process_id
     return coordinator, num_processes, process_id
 
 
-def initialize(coordinator: str, num_processes: int, process_id: int) -> None:
-    """Joins this process to the others. Call once, before anything touches a JAX device."""
+MODES = ("auto", "off")
+
+
+def start(mode: str | None = None, coordinator: str | None = None,
+          num_processes: int | None = None, process_id: int | None = None, *,
+          log=None) -> bool:
+    """Joins the other processes of a multi-process run, if this is one; True when it is.
+
+    Explicit settings (the flags, else the JAX_* variables) win. Otherwise `mode` decides:
+    "off" stays one process; "auto" requires a cluster JAX can detect (SLURM, Open MPI, Cloud
+    TPU, Kubernetes); None (the default) joins a detected cluster of more than one process and
+    stays one process anywhere else. A join is announced in one line on `log`.
+    """
+    log = sys.stderr if log is None else log
+    if mode not in (None, *MODES):
+        raise UserError(f"--distributed {mode!r} is not one of {', '.join(MODES)}: pass "
+                        f"--distributed auto (detect the cluster) or off (one process)")
+    explicit = settings_from(coordinator, num_processes, process_id)
+    if explicit is not None:
+        if mode == "off":
+            raise UserError("--distributed off contradicts the multi-process settings given (flags "
+                            "or JAX_COORDINATOR_ADDRESS/JAX_NUM_PROCESSES/JAX_PROCESS_ID): drop "
+                            "one or the other")
+        initialize(*explicit)
+        _announce("explicit settings", log)
+        return True
+    if mode == "off":
+        return False
+    cluster = clusters.detect()
+    if cluster is None and mode is None:
+        return False
+    if cluster is None and not clusters.has_detectors():
+        # JAX's detectors moved: let jax.distributed.initialize find the cluster itself.
+        initialize()
+        _announce("a cluster JAX detected", log)
+        return True
+    if cluster is None:
+        raise UserError("--distributed auto found no cluster environment (a SLURM job step, an "
+                        "Open MPI launch, a Cloud TPU slice, a Kubernetes Job): launch under one "
+                        "(e.g. srun), or give --coordinator HOST:PORT --num-processes N "
+                        "--process-id I")
+    if mode is None:
+        try:
+            count = cluster.process_count()
+        except Exception as e:  # noqa: BLE001 (a detector's own failure, whatever it is)
+            print(f"jaxmodels: found a {cluster.name} environment but not its process count "
+                  f"({type(e).__name__}: {e}); running as one process (--distributed auto "
+                  f"would make this an error)", file=log)
+            return False
+        if count <= 1:
+            return False  # a one-task job: nothing to join
+    initialize()
+    _announce(f"{cluster.name} cluster", log)
+    return True
+
+
+def _announce(source: str, log) -> None:
+    print(f"jaxmodels: {source}: process {jax.process_index()} of {jax.process_count()}, "
+          f"coordinator {clusters.coordinator_address()}", file=log)
+
+
+def initialize(coordinator: str | None = None, num_processes: int | None = None,
+               process_id: int | None = None) -> None:
+    """Joins this process to the others (arguments left None are detected by JAX). Call once,
+    before anything touches a JAX device."""
     # CPU devices of different processes talk through gloo; the default has no cross-process
     # collectives. The setting only concerns the CPU backend, so it is harmless on accelerators.
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
@@ -82,3 +149,29 @@ def put_batch(batch: dict, sharding: NamedSharding) -> dict:
     return {key: jax.make_array_from_process_local_data(sharding, np.asarray(value)[rows],
                                                         np.shape(value))
             for key, value in batch.items()}
+
+
+def sum_on_host(outputs: Iterable[dict]) -> dict:
+    """The sum over batches of replicated per-batch outputs (any pytree of arrays: an eval
+    step's {name: (sum, count)}), added leaf by leaf on the host in float64.
+
+    Each output is fetched one batch late, after the next batch's step has been dispatched, so
+    the devices never wait for the host. Adding the outputs with jnp instead would run an eager
+    program on global arrays between the steps; with several processes those programs and the
+    step's collectives need not run in the same order everywhere, and the run deadlocks (it did,
+    in the final evaluation). Here the steps are the only programs, in the same order on every
+    process.
+    """
+    total, previous = None, None
+    for out in outputs:
+        if previous is not None:
+            total = _add(total, jax.device_get(previous))
+        previous = out
+    if previous is not None:
+        total = _add(total, jax.device_get(previous))
+    return total if total is not None else {}
+
+
+def _add(total, fetched):
+    fetched = jax.tree.map(lambda x: np.asarray(x, np.float64), fetched)
+    return fetched if total is None else jax.tree.map(np.add, total, fetched)

@@ -22,7 +22,8 @@ Files written to WORKDIR:
   weights/        final params and model collections (orbax), read by `jaxmodels eval`
 
 SIGTERM or SIGINT during training finishes the current step, saves a checkpoint at it, and stops
-with `RunStopped`; a non-finite loss or gradient norm under train.nonfinite=stop stops without
+with `RunStopped` (with several processes, all of them one step later, whichever received it:
+parallel/stop_vote.py); a non-finite loss or gradient norm under train.nonfinite=stop stops without
 saving anything after the last good checkpoint.
 """
 
@@ -56,6 +57,7 @@ from jaxmodels.parallel import distributed
 from jaxmodels.parallel import mesh as mesh_lib
 from jaxmodels.parallel import rules as rules_lib
 from jaxmodels.parallel import sharding as sharding_lib
+from jaxmodels.parallel import stop_vote
 # Accounting and bookkeeping only (device peaks, the results table): accounting/ imports no
 # training code, so this does not turn the cli -> scaling -> training direction around.
 from jaxmodels.accounting import hardware, results
@@ -258,17 +260,13 @@ def run_eval(s: Setup, state: TrainState, split: str, *, periodic: bool = False)
     """The objective's loss and metrics over `split` (every example or token; the last batch
     padded and masked): {"loss": ..., metric: ..., "examples": count}. `periodic` lets a task
     read a fixed subset during training (text)."""
-    totals: dict = {}
-    for batch in s.task.eval_batches(split, periodic=periodic):
-        batch = _pad_batch(batch, mesh_lib.data_parallel_size(s.mesh))
-        out = s.eval_step(state, distributed.put_batch(batch, s.batch_sharding))
-        # Summed on the host (float64): an eager add of global arrays would be a collective
-        # program of its own, which processes of a multi-host run can dispatch in different
-        # orders against the next eval_step and deadlock.
-        for name, (total, count) in jax.device_get(out).items():
-            old = totals.get(name, (0.0, 0.0))
-            totals[name] = (old[0] + np.asarray(total, np.float64), old[1] + float(count))
-    return mean_metrics(totals)
+    dp = mesh_lib.data_parallel_size(s.mesh)
+    # Summed on the host in float64 (distributed.sum_on_host says why: an eager add of global
+    # arrays deadlocked multi-host runs).
+    totals = distributed.sum_on_host(
+        s.eval_step(state, distributed.put_batch(_pad_batch(batch, dp), s.batch_sharding))
+        for batch in s.task.eval_batches(split, periodic=periodic))
+    return mean_metrics({name: (total, float(count)) for name, (total, count) in totals.items()})
 
 
 def mean_metrics(totals: dict) -> dict:
@@ -446,6 +444,7 @@ def _train(s: Setup, ckpt: checkpoint.Checkpoints, workdir: pathlib.Path, main: 
                     file=sys.stderr)
     try:
         with _SignalFlag() as signals:
+            vote = stop_vote.StopVote(s.mesh)  # every process stops at the same step
             for step in range(start_step + 1, last + 1):
                 state, metrics = s.train_step(state, distributed.put_batch(next(se.batches), s.batch_sharding))
                 mlog.add(step, metrics)
@@ -468,7 +467,8 @@ def _train(s: Setup, ckpt: checkpoint.Checkpoints, workdir: pathlib.Path, main: 
                 if stop is not None:
                     ls.stopped = {"step": step, "reason": stop.reason}
                     print(f"{cfg.name}: stopped after step {step}: {stop.reason}", file=log)
-                stopping = signals.received is not None
+                stop_signal = vote(signals.received)  # once per step, on every process
+                stopping = stop_signal is not None
                 if when.save_due(step) or stopping or stop is not None:
                     with meter.pause():  # saving is not training either
                         save(step, val)
@@ -477,10 +477,12 @@ def _train(s: Setup, ckpt: checkpoint.Checkpoints, workdir: pathlib.Path, main: 
                     break
                 if stopping and not when.is_last(step):
                     ckpt.wait()
-                    name = signal.Signals(signals.received).name
+                    name = signal.Signals(stop_signal).name
+                    if signals.received is None:
+                        name += " (sent to another process)"
                     raise RunStopped(f"stopped by {name} after step {step}: checkpoint saved in "
                                      f"{ckpt.directory}; run the same command to resume",
-                                     exit_code=128 + signals.received)
+                                     exit_code=128 + stop_signal)
         ckpt.wait()
     finally:
         bar.close()
