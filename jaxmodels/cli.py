@@ -24,8 +24,10 @@ one stopped by a non-finite loss exits with 3.
 import argparse
 import json
 import logging
+import os
 import pathlib
 import sys
+import threading
 
 from jaxmodels import config as config_lib
 from jaxmodels.errors import RunStopped, UserError
@@ -133,8 +135,39 @@ def _quiet_closed_loop(unraisable) -> None:
     sys.__unraisablehook__(unraisable)
 
 
+def _check_workdir_flag(args) -> None:
+    # An empty --workdir would silently mean the current folder (or runs/<name>).
+    if getattr(args, "workdir", None) is not None and not args.workdir.strip():
+        raise UserError(f"--workdir is empty: give the folder to {args.command} in, e.g. --workdir runs/my_run")
+
+
+def _exit_even_if_threads_hang(code: int) -> None:
+    """Ends the process with `code` even when non-daemon threads outlive an error.
+
+    After a failed async save, orbax's signalling threads can wait forever, and Python's exit
+    joins every non-daemon thread, so the process printed its one line and then never ended.
+    Give them a moment to finish, then flush and leave without joining them."""
+    others = [t for t in threading.enumerate()
+              if t is not threading.main_thread() and not t.daemon and t.is_alive()]
+    for t in others:
+        t.join(timeout=2.0)
+    if any(t.is_alive() for t in others):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv is not None:
+        return _main(list(argv))
+    # As a program (not called from Python): an error must end the process.
+    code = _main(sys.argv[1:])
+    if code != 0:
+        _exit_even_if_threads_hang(code)
+    return code
+
+
+def _main(argv: list[str]) -> int:
     if argv[:1] == ["fit"]:
         # `fit` reads a results table, not a config: it has its own parser (scaling/fit.py).
         from jaxmodels.scaling import fit
@@ -156,6 +189,7 @@ def main(argv: list[str] | None = None) -> int:
             logging.getLogger(name).setLevel(logging.CRITICAL)
         sys.unraisablehook = _quiet_closed_loop
     try:
+        _check_workdir_flag(args)
         if args.command == "sample":
             from jaxmodels.generate import generate_text
 

@@ -15,7 +15,9 @@ Shape names (the package glossary in jaxmodels/models/__init__.py): B batch; T s
 from __future__ import annotations
 
 import json
+import math
 import pathlib
+import sys
 from collections.abc import Callable
 
 import flax.linen as nn
@@ -24,7 +26,7 @@ import jax.numpy as jnp
 
 from jaxmodels import config as config_lib
 from jaxmodels import models
-from jaxmodels.errors import UserError
+from jaxmodels.errors import ConfigError, UserError
 from jaxmodels.training import checkpoint, tasks
 
 
@@ -122,29 +124,64 @@ def _bucket(n: int) -> int:
     return max(256, 1 << (n - 1).bit_length())
 
 
+def read_config(workdir: pathlib.Path) -> config_lib.Config:
+    """The run's config.json; a missing, corrupt or foreign one is a one-line UserError."""
+    path = pathlib.Path(workdir) / "config.json"
+    if not path.is_file():
+        raise UserError(f"no config.json in {str(workdir)!r}: pass the --workdir of a trained language model")
+    try:
+        d = json.loads(path.read_text())
+        if not isinstance(d, dict):
+            raise TypeError(f"it holds a JSON {type(d).__name__}, not an object")
+        return config_lib.from_dict(d)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}: restore the config.json the run wrote") from None
+    except (OSError, UnicodeDecodeError, ValueError, TypeError, KeyError, AttributeError) as e:
+        why = f"missing key {e}" if isinstance(e, KeyError) else (str(e).splitlines() or [""])[0][:200]
+        raise UserError(f"{path} is not a jaxmodels config ({why}): restore the config.json the "
+                        f"run wrote, or pass the --workdir of a trained language model") from None
+
+
+def read_tokenizer(workdir: pathlib.Path):
+    """The run's tokenizer.json; a corrupt or truncated one is a one-line UserError."""
+    try:
+        return tasks.load_tokenizer(workdir)
+    except UserError:
+        raise
+    except (OSError, UnicodeDecodeError, ValueError, TypeError, KeyError, AttributeError,
+            RuntimeError) as e:  # RuntimeError: sentencepiece refusing a damaged model
+        why = f"missing key {e}" if isinstance(e, KeyError) else (str(e).splitlines() or [""])[0][:200]
+        raise UserError(f"{pathlib.Path(workdir) / tasks.TOKENIZER_FILE} cannot be read ({why}): "
+                        f"it is corrupt or truncated; relaunch the run's train command, which "
+                        f"writes it again from the data") from None
+
+
 def generate_text(workdir, prompt: str, *, max_new_tokens: int = 200, temperature: float = 1.0,
                   top_k: int = 0, top_p: float = 1.0, seed: int = 0) -> str:
     """Prompt plus continuation from the language model trained in `workdir`."""
     workdir = pathlib.Path(workdir)
     if max_new_tokens < 1:
         raise UserError(f"--max-new-tokens must be at least 1, got {max_new_tokens}")
-    if temperature < 0:
-        raise UserError(f"--temperature must be >= 0 (0 is greedy), got {temperature}")
+    # NaN passes every comparison test, so finiteness is checked first.
+    if not math.isfinite(temperature) or temperature < 0:
+        raise UserError(f"--temperature must be a finite number >= 0 (0 is greedy), got {temperature}")
     if top_k < 0:
         raise UserError(f"--top-k must be >= 0 (0 keeps every token), got {top_k}")
     if not 0 < top_p <= 1:
         raise UserError(f"--top-p must be in (0, 1], got {top_p}")
-    config_path = workdir / "config.json"
-    if not config_path.is_file():
-        raise UserError(f"no config.json in {str(workdir)!r}: pass the --workdir of a trained language model")
-    cfg = config_lib.from_dict(json.loads(config_path.read_text()))
+    cfg = read_config(workdir)
     model = models.build(cfg.model)
     if not hasattr(model, "decode"):
         raise UserError(f"model kind '{cfg.model.kind}' is not a language model and cannot sample")
-    tokenizer = tasks.load_tokenizer(workdir)
+    tokenizer = read_tokenizer(workdir)
     prompt_ids = tokenizer.encode(prompt)
     if len(prompt_ids) == 0:
         raise UserError("--prompt is empty: give at least one character to continue from")
+    unseen = getattr(tokenizer, "unknown_chars", lambda _: "")(prompt)
+    if unseen:
+        print(f"jaxmodels: warning: the prompt has characters the tokenizer never saw in "
+              f"training ({', '.join(map(repr, unseen))}); the model reads each as the unknown "
+              f"token, and it prints as U+FFFD", file=sys.stderr)
     needed = len(prompt_ids) + max_new_tokens
     context = context_limit(cfg.model)
     if context is not None and len(prompt_ids) > context:

@@ -8,13 +8,20 @@ lands in `runs/results.jsonl` and every run of a sweep in `SWEEP_DIR/results.jso
     rows = results.read("runs/results.jsonl")
     results.to_csv(rows, "runs/results.csv")
 
-The table is a log, not a database: a rerun appends a second row (same `config_hash`, later
-`time`). Its `params`, `tokens` and `loss` columns are what `jaxmodels fit` reads, so
-`jaxmodels fit runs/results.jsonl --params-column non_embedding_params` works on it directly.
+A run has exactly one row, whichever launch completes it: `record` is idempotent on the run's
+identity (its absolute workdir and `config_hash`), and the loop calls it at the end of every
+launch that finishes the run, so a run killed after its last checkpoint but before its row (or
+whose table was not writable then) gets the row on the next launch, and a relaunch of a run that
+has one adds none. `audit` names runs with no row or with several (one line each); `jaxmodels
+fit` and the sweep print those lines. Its `params`, `tokens` and `loss` columns are what
+`jaxmodels fit` reads, so `jaxmodels fit runs/results.jsonl --params-column
+non_embedding_params` works on it directly.
 
 Appends are safe from several processes at once: each row is one `write` of one line to a file
 opened with O_APPEND, under an exclusive `flock` (the lock also covers the rare short write, and
-file systems that split large appends).
+file systems that split large appends). A writer killed mid-row leaves a torn last line; the
+next append starts on a fresh line rather than gluing its row onto it, and `read` skips torn
+rows (lines starting with "{" that are not JSON) with a warning.
 
 This module depends only on `jaxmodels.config` (and JAX for the hardware columns), so the
 training loop may call it without the loop depending on the rest of `scaling`.
@@ -157,35 +164,71 @@ def row(config: config_lib.Config, summary: dict, workdir: str | os.PathLike) ->
     }
 
 
+def identity(row_: dict) -> tuple:
+    """What makes two rows the same run: its absolute workdir and its config hash."""
+    return row_.get("workdir"), row_.get("config_hash")
+
+
 def record(config: config_lib.Config, summary: dict, workdir: str | os.PathLike) -> dict:
-    """Appends the finished run's `row` to `table_path(workdir)` and returns it. A table that
-    cannot be written is a warning, not a failed run: summary.json already holds the numbers."""
+    """Appends the finished run's `row` to `table_path(workdir)` unless the table already holds
+    a row of this run (same `identity`), and returns the row. A table that cannot be written is
+    a warning, not a failed run: summary.json already holds the numbers, and the next launch of
+    the run adds the row."""
     row_ = row(config, summary, workdir)
     try:
-        append(row_, table_path(workdir))
+        append(row_, table_path(workdir), once=True)
     except OSError as e:
-        warnings.warn(f"could not append to the results table {table_path(workdir)} ({e.strerror}); summary.json is written", stacklevel=2)
+        warnings.warn(f"could not append to the results table {table_path(workdir)} ({e.strerror}); summary.json is written and the next launch of this run adds the row", stacklevel=2)
     return row_
 
 
-def append(row_: dict, path: str | os.PathLike) -> None:
-    """Appends `row_` as one JSON line to `path` (created if missing), safe across processes."""
+def _rows_of(data: bytes) -> list[dict]:
+    rows = []
+    for line in data.decode("utf-8", "replace").splitlines():
+        try:
+            parsed = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(parsed, dict):
+            rows.append(parsed)
+    return rows
+
+
+def append(row_: dict, path: str | os.PathLike, *, once: bool = False) -> bool:
+    """Appends `row_` as one JSON line to `path` (created if missing), safe across processes.
+
+    Starts a fresh line when the file does not end with one (a writer killed mid-row). With
+    `once`, nothing is written when the table already holds a row of the same `identity`
+    (checked under the lock, so two launches finishing the same run add one row). Returns
+    whether the row was written."""
     data = (json.dumps(row_, allow_nan=True) + "\n").encode()
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         if fcntl is not None:
             fcntl.flock(fd, fcntl.LOCK_EX)
+        size = os.fstat(fd).st_size
+        if once and size:
+            key = identity(row_)
+            if any(identity(r) == key for r in _rows_of(os.pread(fd, size, 0))):
+                return False
+        if size and os.pread(fd, 1, size - 1) != b"\n":
+            data = b"\n" + data
         view = memoryview(data)
         while view:  # a short write is legal; under the lock the rest still follows directly
             view = view[os.write(fd, view):]
     finally:
         os.close(fd)  # closing releases the lock
+    return True
 
 
-def read(path: str | os.PathLike) -> list[dict]:
-    """The rows of a results table, oldest first; a missing file is an empty table."""
+def read(path: str | os.PathLike, *, warn=None) -> list[dict]:
+    """The rows of a results table, oldest first; a missing file is an empty table.
+
+    Torn rows (a line that starts like a row but is not JSON: a writer killed mid-row) are
+    skipped, and `warn` (default `warnings.warn`) gets one line naming them. Any other line
+    that is not a JSON object is a UserError: the file is not a results table."""
     path = pathlib.Path(path)
     try:
         text = path.read_text()
@@ -193,15 +236,59 @@ def read(path: str | os.PathLike) -> list[dict]:
         return []
     except (OSError, UnicodeDecodeError) as e:
         raise UserError(f"cannot read results table {path} ({getattr(e, 'strerror', None) or e}): check the path and its permissions") from None
-    rows = []
+    rows, torn = [], []
     for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
-            rows.append(json.loads(line))
+            parsed = json.loads(line)
         except json.JSONDecodeError as e:
+            if line.lstrip().startswith("{"):
+                torn.append(number)
+                continue
             raise UserError(f"results table {path} line {number} is not JSON ({e.msg}): delete or repair that line") from None
+        if not isinstance(parsed, dict):
+            raise UserError(f"results table {path} line {number} is not a JSON object: delete or repair that line")
+        rows.append(parsed)
+    if torn:
+        (warn or _warn)(torn_message(path, torn))
     return rows
+
+
+def torn_message(path, lines: list[int]) -> str:
+    return (f"results table {path}: skipped {len(lines)} torn row(s) (line(s) "
+            f"{', '.join(map(str, lines[:10]))}{', ...' if len(lines) > 10 else ''}; a writer was "
+            f"killed mid-row); relaunching those runs adds their rows again")
+
+
+def _warn(message: str) -> None:
+    warnings.warn(message, stacklevel=3)
+
+
+def audit(rows: list[dict], path: str | os.PathLike) -> list[str]:
+    """One line per problem with the exactly-once rule: a run with several rows, and a finished
+    run beside the table (a folder holding summary.json and config.json) without a row."""
+    path = pathlib.Path(path)
+    lines = []
+    counts: dict[tuple, int] = {}
+    for r in rows:
+        if r.get("workdir") is not None and r.get("config_hash") is not None:
+            counts[identity(r)] = counts.get(identity(r), 0) + 1
+    for (workdir, digest), n in counts.items():
+        if n > 1:
+            lines.append(f"results table {path}: run {workdir} (config {digest}) has {n} rows; "
+                         f"keep the last one")
+    have = {w for w, _ in counts}
+    try:
+        siblings = sorted(p for p in path.absolute().parent.iterdir() if p.is_dir())
+    except OSError:
+        siblings = []
+    for folder in siblings:
+        if ((folder / "summary.json").is_file() and (folder / "config.json").is_file()
+                and str(folder) not in have):
+            lines.append(f"results table {path}: finished run {folder} has no row; relaunch it "
+                         f"(the same command) to add it")
+    return lines
 
 
 def _flatten(nested: dict, prefix: str = "") -> dict:

@@ -24,6 +24,17 @@ from typing import Literal, Protocol
 
 import numpy as np
 
+from jaxmodels.errors import ConfigError, DataError
+
+
+class _BadTrainingInput(ConfigError, ValueError):
+    """A data knob that cannot make a tokenizer of this text: one line in the CLI (a
+    ConfigError), and still the ValueError that callers of `train_tokenizer` caught before."""
+
+
+class _UntrainableText(DataError, ValueError):
+    """The same, for a text no knob can fix."""
+
 KINDS = ("char", "byte", "bpe")
 # BPE trains on at most this many leading characters of the train text (cut at a line end):
 # about a second of sentencepiece time, and the merges of 1 MB of text cover the rest well.
@@ -104,6 +115,12 @@ class CharTokenizer:
     def chars(self) -> str:
         """The vocabulary characters, in id order."""
         return self._code_points.astype("<u4").tobytes().decode("utf-32-le", "surrogatepass")
+
+    def unknown_chars(self, text: str) -> str:
+        """The distinct characters of `text` outside the vocabulary (each encodes to
+        `unknown_id`), in order of first appearance."""
+        ids = self.encode(text)
+        return "".join(dict.fromkeys(c for c, i in zip(text, ids.tolist()) if i == self.unknown_id))
 
     def encode(self, text: str) -> np.ndarray:
         cp = _code_points(text)
@@ -285,5 +302,18 @@ def train_tokenizer(kind: Literal["char", "byte", "bpe"], train_text: str, *,
     if kind == "byte":
         return ByteTokenizer()
     if kind == "bpe":
-        return BPETokenizer.train(train_text, vocab_size=vocab_size)
+        # The trainer's ValueErrors name its own arguments; these name the config's knobs.
+        if not any(train_text.split("\n")):
+            raise _UntrainableText("data.tokenizer=bpe cannot be trained on this train split: it holds "
+                            "only line breaks; give a text with words, or set data.tokenizer=char")
+        try:
+            return BPETokenizer.train(train_text, vocab_size=vocab_size)
+        except ValueError as e:
+            message = str(e)
+            if message.startswith("vocab_size="):
+                raise _BadTrainingInput(f"data.{message}: raise data.vocab_size, or set "
+                                  f"data.tokenizer=char") from None
+            raise _BadTrainingInput(f"data.tokenizer=bpe with data.vocab_size={vocab_size} failed on this "
+                              f"text ({message}): change data.vocab_size or set "
+                              f"data.tokenizer=char") from None
     raise ValueError(f"unknown tokenizer {kind!r}: choose one of {', '.join(KINDS)}")

@@ -80,6 +80,11 @@ class Checkpoints:
     def __init__(self, workdir: pathlib.Path, cfg: CheckpointConfig):
         self.directory = (pathlib.Path(workdir) / CHECKPOINTS_DIR).absolute()
         self.cfg = cfg
+        # Pre-flight: orbax accepts a path that is a file and only fails at the first save,
+        # after the compile and the first interval of training.
+        if self.directory.exists() and not self.directory.is_dir():
+            raise UserError(f"{str(self.directory)!r} is a file, not a checkpoint folder: move it "
+                            f"away or pass another --workdir")
         policies = [ocp.checkpoint_managers.LatestN(cfg.keep)]
         if cfg.keep_every is not None:
             policies.append(ocp.checkpoint_managers.EveryNSteps(cfg.keep_every))

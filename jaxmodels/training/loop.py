@@ -29,6 +29,7 @@ saving anything after the last good checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import io
@@ -67,6 +68,7 @@ from jaxmodels.training import hooks as hooks_lib
 from jaxmodels.training import objectives as objectives_lib
 from jaxmodels.training import step as step_lib
 from jaxmodels.training import summary as summary_lib
+from jaxmodels.training import workdir as workdir_lib
 from jaxmodels.training.evaluator import Evaluator, describe
 from jaxmodels.training.metrics_log import MetricsLog
 from jaxmodels.training.periodic import Periodic
@@ -333,21 +335,23 @@ def train(config: Config, workdir: str | os.PathLike, *, restart: bool = False,
     hooks = tuple(hooks_lib.as_hook(h) for h in hooks)  # a bad hook is one line, before any work
     # With several processes (multi-host) process 0 writes every file; the others compute.
     main = distributed.is_main()
-    if main:
-        _prepare_workdir(workdir)
     t_start = time.perf_counter()
-    s = setup(config, parts)  # every config problem surfaces here, before any file changes
+    s = setup(config, parts)  # every config and data problem surfaces here, before any file changes
+    if main:  # [rel] after setup: a missing dataset leaves no empty workdir behind
+        _prepare_workdir(workdir)
     cfg = s.config
     log = sys.stderr if main else io.StringIO()
-    if restart and main:
-        removed = checkpoint.remove_checkpoints(workdir)
-        if removed:
-            print(f"{cfg.name}: --restart: removed the checkpoints of steps {removed}", file=log)
-    ckpt = checkpoint.Checkpoints(workdir, cfg.checkpoint)
-    try:
-        return _train(s, ckpt, workdir, main, log, t_start, hooks)
-    finally:
-        ckpt.close()
+    # [rel] one process per workdir, held until return (see workdir.py)
+    with workdir_lib.locked(workdir) if main else contextlib.nullcontext():
+        if restart and main:
+            removed = checkpoint.remove_checkpoints(workdir)
+            if removed:
+                print(f"{cfg.name}: --restart: removed the checkpoints of steps {removed}", file=log)
+        ckpt = checkpoint.Checkpoints(workdir, cfg.checkpoint)
+        try:
+            return _train(s, ckpt, workdir, main, log, t_start, hooks)
+        finally:
+            ckpt.close()
 
 
 
@@ -502,10 +506,8 @@ def _finish(s: Setup, state, evaluator, mlog, meter, ls, n_params, start_step, w
     if not main:
         return summary
     _write_json(workdir / "summary.json", summary)
-    if step > start_step:
-        # One row in <workdir>/../results.jsonl per run that trained; relaunching a finished
-        # run only re-evaluates it, and a second row would count it twice in a fit.
-        results.record(cfg, summary, workdir)
+    # [rel] every launch that completes the run: record() adds the row only if it is missing
+    results.record(cfg, summary, workdir)
     plots.learning_curves(mlog.records, workdir / "curves.png",
                           title=f"{cfg.name} ({type(s.model).__name__})",
                           loss_label=s.objective.loss_label)
@@ -521,12 +523,17 @@ def evaluate(config: Config, workdir: str | os.PathLike, split: str | None = Non
     """Evaluates the weights saved in `workdir` on `split` (default: the config's eval split)."""
     workdir = pathlib.Path(workdir)
     s = setup(config, parts)
-    # A fresh state gives structure and placement; its weights are then replaced by the saved ones.
-    fresh = s.init_fn()
-    saved = checkpoint.restore_weights(workdir, {"params": fresh.params, "model_state": fresh.model_state})
-    state = jax.device_put(fresh.replace(**saved), s.state_sharding)
     split = split or config.data.eval_split
-    result = run_eval(s, state, split)
-    result = {"split": split, **result}
-    _write_json(workdir / f"eval_{split}.json", result)
-    return result
+    if split not in s.task.splits:  # [rel] one line before any compile, not KeyError later
+        raise UserError(f"--split {split}: {s.task.name} has no {split} split (it has "
+                        f"{', '.join(s.task.splits)}): pass --split validation")
+    # [rel] not while a run trains into it (an existing workdir; without one, no weights below)
+    with workdir_lib.locked(workdir) if workdir.is_dir() else contextlib.nullcontext():
+        # A fresh state gives structure and placement; its weights are then replaced by the saved ones.
+        fresh = s.init_fn()
+        saved = checkpoint.restore_weights(workdir, {"params": fresh.params, "model_state": fresh.model_state})
+        state = jax.device_put(fresh.replace(**saved), s.state_sharding)
+        result = run_eval(s, state, split)
+        result = {"split": split, **result}
+        _write_json(workdir / f"eval_{split}.json", result)
+        return result
