@@ -9,7 +9,7 @@ lands in `runs/results.jsonl` and every run of a sweep in `SWEEP_DIR/results.jso
     results.to_csv(rows, "runs/results.csv")
 
 A run has exactly one row, whichever launch completes it: `record` is idempotent on the run's
-identity (its absolute workdir and `config_hash`), and the loop calls it at the end of every
+identity (its folder beside the table and its `config_hash`), and the loop calls it at the end of every
 launch that finishes the run, so a run killed after its last checkpoint but before its row (or
 whose table was not writable then) gets the row on the next launch, and a relaunch of a run that
 has one adds none. `audit` names runs with no row or with several (one line each); `jaxmodels
@@ -165,8 +165,10 @@ def row(config: config_lib.Config, summary: dict, workdir: str | os.PathLike) ->
 
 
 def identity(row_: dict) -> tuple:
-    """What makes two rows the same run: its absolute workdir and its config hash."""
-    return row_.get("workdir"), row_.get("config_hash")
+    """What makes two rows the same run: its folder (beside the table, so the name alone is
+    unique there, and a sweep folder that is moved or copied keeps its rows) and its config
+    hash."""
+    return row_.get("run"), row_.get("config_hash")
 
 
 def record(config: config_lib.Config, summary: dict, workdir: str | os.PathLike) -> dict:
@@ -272,20 +274,20 @@ def audit(rows: list[dict], path: str | os.PathLike) -> list[str]:
     lines = []
     counts: dict[tuple, int] = {}
     for r in rows:
-        if r.get("workdir") is not None and r.get("config_hash") is not None:
+        if r.get("run") is not None and r.get("config_hash") is not None:
             counts[identity(r)] = counts.get(identity(r), 0) + 1
-    for (workdir, digest), n in counts.items():
+    for (run, digest), n in counts.items():
         if n > 1:
-            lines.append(f"results table {path}: run {workdir} (config {digest}) has {n} rows; "
-                         f"keep the last one")
-    have = {w for w, _ in counts}
+            lines.append(f"results table {path}: run {run} (config {digest}) has {n} rows; "
+                         f"a fit counts it {n} times: delete all but the last")
+    have = {run for run, _ in counts}
     try:
         siblings = sorted(p for p in path.absolute().parent.iterdir() if p.is_dir())
     except OSError:
         siblings = []
     for folder in siblings:
         if ((folder / "summary.json").is_file() and (folder / "config.json").is_file()
-                and str(folder) not in have):
+                and folder.name not in have):
             lines.append(f"results table {path}: finished run {folder} has no row; relaunch it "
                          f"(the same command) to add it")
     return lines

@@ -29,13 +29,16 @@ hash) and trains into DIR/<name>. On a relaunch each run is, by what its workdir
 `model.vocab_size=none` in the request matching the size the loop filled in from the tokenizer.
 
 Runs go one after another in this process, or with `workers=N` up to N at once, each a
-subprocess (`python -m jaxmodels.orchestration.sweep --worker ...`) given the resolved config as JSON,
+subprocess (`python -m jaxmodels.orchestration.workers --worker ...`, see workers.py) given the resolved config as JSON,
 its output in DIR/logs/<name>.log, and, on Linux, its own 1/N of this process's CPUs (CPU
 affinity, set in the worker before JAX starts; XLA and NumPy size their thread pools from it,
 so N workers do not each start a pool as large as the machine). Workers do not split
 accelerators: on a GPU or TPU host every worker would claim every device, so use --workers 1.
-A failed run (an exception, or a non-zero exit) is marked failed with its one-line error and the
-others go on. At the end a table is printed and DIR/sweep.csv written: one line per run with its
+A failed run (an exception, a non-finite loss, or a non-zero exit) is marked failed with its
+one-line error and the others go on, with or without workers. SIGTERM/SIGINT stop the sweep:
+the running run (or every worker, to which the parent forwards the signal) saves its checkpoint,
+and the sweep exits with 128 + the signal; a relaunch resumes. Workers end with their parent,
+even a `kill -9`'d one (workers.py). At the end a table is printed and DIR/sweep.csv written: one line per run with its
 swept values, status and its latest row of the results table (DIR/results.jsonl, which every
 run appends to itself; see results.py). Each run's step bar is switched off
 (`train.progress=false`, display only): the sweep shows one bar over runs.
@@ -43,7 +46,6 @@ run appends to itself; see results.py). Each run's step bar is switched off
 
 from __future__ import annotations
 
-import argparse
 import concurrent.futures
 import contextlib
 import dataclasses
@@ -53,12 +55,10 @@ import json
 import numbers
 import os
 import pathlib
-import queue
 import re
 import shlex
-import subprocess
+import signal
 import sys
-import threading
 import traceback
 from collections.abc import Mapping, Sequence
 from typing import Literal
@@ -69,14 +69,14 @@ import tqdm.contrib
 from jaxmodels import config as config_lib
 from jaxmodels.errors import ConfigError, RunStopped, UserError
 from jaxmodels.accounting import results
+from jaxmodels.orchestration import workers as workers_lib
 from jaxmodels.training import loop
 
 Value = int | float | bool | str | None | tuple
 State = Literal["new", "done", "resume", "changed"]
-Status = Literal["trained", "skipped", "failed"]
+Status = Literal["trained", "skipped", "failed", "stopped"]
 
 MAX_NAME = 64  # characters of a run folder name; longer ones are cut and given a hash
-_ERROR_PREFIX = "jaxmodels: error: "  # a worker's last line names its error after this
 
 
 # ---------------------------------------------------------------------------------------------
@@ -287,7 +287,21 @@ def state(run: Run) -> State:
     stored = _stored_config(run.workdir)
     if stored is None or not _same_config(run.config, stored):
         return "changed"
-    return "done" if (run.workdir / "summary.json").is_file() else "resume"
+    if not (run.workdir / "summary.json").is_file():
+        return "resume"
+    # Finished, but killed before its results row (or its table was not writable then): a
+    # relaunch only evaluates it again and adds the row.
+    return "done" if _has_row(run, stored) else "resume"
+
+
+def _has_row(run: Run, stored: config_lib.Config) -> bool:
+    table = run.workdir.parent / results.TABLE_NAME
+    try:
+        rows = results.read(table, warn=lambda message: None)
+    except UserError:
+        return True  # an unreadable table is reported by the sweep's own read; keep the run
+    key = (run.workdir.name, results.config_hash(stored))
+    return any(results.identity(r) == key for r in rows)
 
 
 def plan(path: str | os.PathLike, workdir: str | os.PathLike | None = None, *,
@@ -357,10 +371,13 @@ def _train_here(run: Run, log_dir: pathlib.Path, bar_file) -> Outcome:
     try:
         with contextlib.redirect_stderr(tqdm.contrib.DummyTqdmFile(bar_file)):
             summary = loop.train(run.config, run.workdir)
-    except RunStopped:
+    except RunStopped as e:
         # A signal (SIGTERM, Ctrl-C) stops the sweep, not just this run: its checkpoint is
-        # saved and a relaunch resumes it.
-        raise
+        # saved and a relaunch resumes it. A non-finite loss (exit 3) fails this run only,
+        # as it does with --workers N.
+        if e.exit_code >= 128:
+            raise
+        return Outcome(run, "failed", error=_one_line(e))
     except Exception as e:  # noqa: BLE001 - one failed run must not stop the others
         if not isinstance(e, UserError):
             log_dir.mkdir(exist_ok=True)
@@ -369,70 +386,16 @@ def _train_here(run: Run, log_dir: pathlib.Path, bar_file) -> Outcome:
     return Outcome(run, "trained", summary=summary)
 
 
-def _cpu_slots(workers: int) -> list[tuple[int, ...] | None]:
-    """Disjoint CPU sets, one per worker (shared round-robin when workers outnumber CPUs)."""
-    if not hasattr(os, "sched_getaffinity"):
-        return [None] * workers
-    cpus = sorted(os.sched_getaffinity(0))
-    if workers >= len(cpus):
-        return [(cpus[i % len(cpus)],) for i in range(workers)]
-    bounds = [round(i * len(cpus) / workers) for i in range(workers + 1)]
-    return [tuple(cpus[a:b]) for a, b in zip(bounds, bounds[1:])]
-
-
-class _Workers:
-    """Runs each run in a subprocess, at most len(slots) at once, each pinned to its slot's CPUs."""
-
-    def __init__(self, workers: int, log_dir: pathlib.Path):
-        self.log_dir = log_dir
-        self.slots: queue.Queue = queue.Queue()
-        for slot in _cpu_slots(workers):
-            self.slots.put(slot)
-        self.procs: set[subprocess.Popen] = set()
-        self.lock = threading.Lock()
-        self.env = dict(os.environ)
-        # The workers import the same jaxmodels source as this process.
-        package_root = str(pathlib.Path(config_lib.__file__).resolve().parents[1])
-        self.env["PYTHONPATH"] = os.pathsep.join(
-            p for p in (package_root, os.environ.get("PYTHONPATH")) if p)
-
-    def __call__(self, run: Run) -> Outcome:
-        cpus = self.slots.get()
-        try:
-            args = [sys.executable, "-m", "jaxmodels.orchestration.sweep", "--worker",
-                    "--workdir", str(run.workdir), "--config-json", config_lib.to_json(run.config)]
-            if cpus is not None:
-                args += ["--cpus", ",".join(map(str, cpus))]
-            log_path = self.log_dir / f"{run.name}.log"
-            with log_path.open("w") as log:
-                try:
-                    proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=self.env)
-                except OSError as e:
-                    return Outcome(run, "failed", error=f"cannot start a worker: {e}")
-                with self.lock:
-                    self.procs.add(proc)
-                rc = proc.wait()
-                with self.lock:
-                    self.procs.discard(proc)
-        finally:
-            self.slots.put(cpus)
-        if rc == 0:
-            return Outcome(run, "trained", summary=_read_summary(run))
-        return Outcome(run, "failed", error=_worker_error(log_path, rc))
-
-    def stop(self) -> None:
-        with self.lock:
-            for proc in self.procs:
-                proc.terminate()
-
-
-def _worker_error(log_path: pathlib.Path, rc: int) -> str:
-    lines = [ln for ln in log_path.read_text(errors="replace").splitlines() if ln.strip()]
-    marked = [ln for ln in lines if ln.startswith(_ERROR_PREFIX)]
-    if marked:
-        return marked[-1][len(_ERROR_PREFIX):]
-    why = f"killed by signal {-rc}" if rc < 0 else f"exit status {rc}"
-    return f"worker {why}" + (f": {lines[-1][:300]}" if lines else "") + f" (see {log_path})"
+def _train_in_worker(pool: workers_lib.Pool, run: Run) -> Outcome | None:
+    finished = pool.run(run.name, run.workdir, run.config)
+    if finished.returncode is None and finished.error is None:
+        return None
+    if finished.returncode == 0:
+        return Outcome(run, "trained", summary=_read_summary(run))
+    if pool.stopping is not None and finished.returncode is not None and (
+            finished.returncode >= 128 or finished.returncode < 0):
+        return Outcome(run, "stopped", error=f"stopped by {signal.Signals(pool.stopping).name}")
+    return Outcome(run, "failed", error=workers_lib.error_line(finished))
 
 
 def run_sweep(path: str | os.PathLike, workdir: str | os.PathLike | None = None, *,
@@ -467,7 +430,9 @@ def run_sweep(path: str | os.PathLike, workdir: str | os.PathLike | None = None,
     bar = tqdm.tqdm(total=len(planned), initial=len(outcomes), unit="run", desc="sweep",
                     dynamic_ncols=True, file=bar_file)
 
-    def report(outcome: Outcome) -> None:
+    def report(outcome: Outcome | None) -> None:
+        if outcome is None:  # never started: the sweep is stopping
+            return
         outcomes[outcome.run.name] = outcome
         if outcome.status == "failed":
             bar.write(f"{outcome.run.name}: failed: {outcome.error}", file=bar_file)
@@ -478,29 +443,44 @@ def run_sweep(path: str | os.PathLike, workdir: str | os.PathLike | None = None,
             for run in todo:
                 report(_train_here(run, log_dir, bar_file))
         else:
-            pool = _Workers(workers, log_dir)
-            with concurrent.futures.ThreadPoolExecutor(workers) as executor:
-                futures = [executor.submit(pool, run) for run in todo]
+            pool = workers_lib.Pool(workers, log_dir)
+            with (workers_lib.forwarding_signals(pool),
+                  concurrent.futures.ThreadPoolExecutor(workers) as executor):
+                futures = [executor.submit(_train_in_worker, pool, run) for run in todo]
                 try:
                     for future in concurrent.futures.as_completed(futures):
                         report(future.result())
                 except BaseException:
+                    pool.forward(signal.SIGTERM)  # workers save their checkpoints and stop
                     executor.shutdown(wait=False, cancel_futures=True)
-                    pool.stop()
+                    pool.wait_all()
                     raise
+            if pool.stopping is not None:
+                stopped = [o.run.name for o in outcomes.values() if o.status == "stopped"]
+                name = signal.Signals(pool.stopping).name
+                raise RunStopped(f"sweep stopped by {name}: {len(stopped)} running run(s) saved "
+                                 f"their checkpoints ({', '.join(stopped) or 'none'}); run the "
+                                 f"same command to resume", exit_code=128 + pool.stopping)
     finally:
         bar.close()
     ordered = [outcomes[run.name] for run, _ in planned]
     print(format_table(ordered))
     csv_path = results.to_csv(sweep_rows(ordered, workdir), workdir / "sweep.csv")
     print(f"wrote {csv_path}; every run's row is in {workdir / results.TABLE_NAME}")
+    table = workdir / results.TABLE_NAME
+    for line in results.audit(results.read(table, warn=_warn), table):
+        _warn(line)
     return ordered
+
+
+def _warn(message: str) -> None:
+    print(f"jaxmodels: warning: {message}", file=sys.stderr)
 
 
 def sweep_rows(outcomes: list[Outcome], workdir: pathlib.Path) -> list[dict]:
     """One row per run for sweep.csv: name, status, error, swept values, then the run's latest
     row of the results table (or its summary's numbers, for a run finished before the table)."""
-    table = results.read(pathlib.Path(workdir) / results.TABLE_NAME)
+    table = results.read(pathlib.Path(workdir) / results.TABLE_NAME, warn=_warn)
     swept = list(dict.fromkeys(k for o in outcomes for k in o.run.values))
     rows = []
     for o in outcomes:
@@ -537,32 +517,8 @@ def format_table(outcomes: list[Outcome]) -> str:
     return "\n".join(lines)
 
 
-# ---------------------------------------------------------------------------------------------
-# The worker process (`--workers N`)
-
-
-def _worker_main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m jaxmodels.orchestration.sweep --worker")
-    parser.add_argument("--worker", action="store_true", required=True)
-    parser.add_argument("--workdir", required=True)
-    parser.add_argument("--config-json", required=True, help="the resolved config (config.json)")
-    parser.add_argument("--cpus", default=None, help="comma-separated CPU ids to run on")
-    args = parser.parse_args(argv)
-    if args.cpus:
-        # Before JAX starts: XLA's CPU thread pool is sized from the CPUs this process may use.
-        os.sched_setaffinity(0, {int(c) for c in args.cpus.split(",")})
-    try:
-        config = config_lib.from_dict(json.loads(args.config_json))
-        loop.train(config, args.workdir)
-    except UserError as e:
-        print(f"{_ERROR_PREFIX}{e}", file=sys.stderr)
-        return 2
-    except Exception as e:  # noqa: BLE001 - the traceback goes to the log, one line to the sweep
-        traceback.print_exc()
-        print(f"{_ERROR_PREFIX}{_one_line(e)}", file=sys.stderr)
-        return 1
-    return 0
-
+# Kept importable here for older callers; the worker lives in workers.py.
+_cpu_slots = workers_lib.cpu_slots
 
 if __name__ == "__main__":
-    sys.exit(_worker_main(sys.argv[1:]))
+    sys.exit(workers_lib.worker_main(sys.argv[1:]))
