@@ -5,6 +5,7 @@ import csv
 import datetime
 import json
 import pathlib
+import shutil
 import subprocess
 import sys
 import time
@@ -126,9 +127,82 @@ def test_read_and_csv_export(tmp_path):
     assert list(table[0]) == ["run", "loss", "mfu", "config.model.hidden", "extra"]
     assert table[0] == {"run": "a", "loss": "1.5", "mfu": "", "config.model.hidden": "[8, 8]", "extra": ""}
     assert table[1]["extra"] == "True" and table[1]["config.model.hidden"] == ""
-    (tmp_path / "bad.jsonl").write_text('{"run": "a"}\n{"run": \n')
+    (tmp_path / "bad.jsonl").write_text('{"run": "a"}\nnot a row\n')
     with pytest.raises(UserError, match=r"bad\.jsonl line 2 is not JSON"):
         results.read(tmp_path / "bad.jsonl")
+    (tmp_path / "torn_only.jsonl").write_text('{"run": \n')
+    with pytest.raises(UserError, match=r"torn_only\.jsonl line 1 is not JSON"):
+        results.read(tmp_path / "torn_only.jsonl")
+
+
+def test_a_torn_last_line_is_skipped_and_the_next_row_starts_on_a_fresh_line(tmp_path, capsys):
+    """A writer killed mid-row: the next append must not glue its row onto the torn one
+    (`..."spike_si{"run": ...`), and read / `jaxmodels fit` skip the torn row with one line."""
+    table = tmp_path / "results.jsonl"
+    rows = law_rows()
+    for r in rows[:5]:
+        results.append(r, table)
+    with table.open("a") as f:
+        f.write(json.dumps(rows[5])[:40])  # no newline: the kill came mid-write
+    for r in rows[6:]:
+        results.append(r, table)
+    messages = []
+    read = results.read(table, warn=messages.append)
+    assert read == rows[:5] + rows[6:]
+    assert messages == [results.torn_message(table, [6])] and "line(s) 6" in messages[0]
+    with pytest.warns(UserWarning, match="skipped 1 torn row"):
+        assert results.read(table) == read
+    assert fit.main([str(table)]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"jaxmodels fit: warning: {messages[0]}"]
+
+
+def test_record_writes_a_runs_row_exactly_once(tmp_path):
+    config, workdir = tiny_config(), tmp_path / "r"
+    summary = {"params": 10, "eval_loss": 1.0, "tokens_seen": None, "examples_seen": 5}
+    results.record(config, summary, workdir)
+    results.record(config, {**summary, "eval_loss": 0.5}, workdir)  # a relaunch: no second row
+    results.record(C.apply_overrides(config, ["train.seed=1"]), summary, workdir)  # another run
+    results.record(config, summary, tmp_path / "other")
+    rows = results.read(tmp_path / "results.jsonl")
+    assert [(r["run"], r["eval_loss"], r["config"]["train"]["seed"]) for r in rows] == [
+        ("r", 1.0, 0), ("r", 1.0, 1), ("other", 1.0, 0)]
+
+
+def test_audit_names_duplicated_rows_and_finished_runs_without_one(tmp_path, capsys):
+    table = tmp_path / "results.jsonl"
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "summary.json").write_text("{}")
+        (tmp_path / name / "config.json").write_text("{}")
+    row_ = {"run": "a", "config_hash": "abc", "params": 1e6, "tokens": 1e8, "loss": 3.0}
+    results.append(row_, table)
+    results.append({**row_, "loss": 2.9}, table)  # e.g. written by an older loop on relaunch
+    lines = results.audit(results.read(table), table)
+    assert lines == [f"results table {table}: run a (config abc) has 2 rows; a fit counts it 2 "
+                     f"times: delete all but the last",
+                     f"results table {table}: finished run {tmp_path / 'b'} has no row; relaunch "
+                     f"it (the same command) to add it"]
+    fit.main([str(table)])  # too few rows to fit; the report comes first, one line each
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[:2] == [f"jaxmodels fit: warning: {line}" for line in lines]
+
+
+def test_a_relaunch_of_a_complete_run_without_its_row_adds_it_once(real_run, tmp_path):
+    """Killed after its last checkpoint but before its row (or its table was not writable then):
+    the next launch only evaluates and adds the row; the launch after that adds none."""
+    runs, summary, _ = real_run
+    copy = tmp_path / "runs"
+    shutil.copytree(runs / "r1", copy / "r1")
+    (copy / "results.jsonl").mkdir()  # not writable as a file: a warning, the run still ends
+    with pytest.warns(UserWarning, match="next launch of this run adds the row"):
+        again = jaxmodels.train(tiny_config(), copy / "r1")
+    assert again["resumed_from"] == [10] and again["eval_loss"] == summary["eval_loss"]
+    (copy / "results.jsonl").rmdir()
+    for _ in range(2):
+        jaxmodels.train(tiny_config(), copy / "r1")
+    (row,) = results.read(copy / "results.jsonl")
+    assert row["run"] == "r1" and row["eval_loss"] == summary["eval_loss"]
 
 
 def law_rows() -> list[dict]:

@@ -230,7 +230,8 @@ def read(path: str | os.PathLike, *, warn=None) -> list[dict]:
 
     Torn rows (a line that starts like a row but is not JSON: a writer killed mid-row) are
     skipped, and `warn` (default `warnings.warn`) gets one line naming them. Any other line
-    that is not a JSON object is a UserError: the file is not a results table."""
+    that is not a JSON object, or a file of nothing but broken lines, is a UserError: the file
+    is not a results table."""
     path = pathlib.Path(path)
     try:
         text = path.read_text()
@@ -246,12 +247,16 @@ def read(path: str | os.PathLike, *, warn=None) -> list[dict]:
             parsed = json.loads(line)
         except json.JSONDecodeError as e:
             if line.lstrip().startswith("{"):
-                torn.append(number)
+                torn.append((number, e.msg))
                 continue
             raise UserError(f"results table {path} line {number} is not JSON ({e.msg}): delete or repair that line") from None
         if not isinstance(parsed, dict):
             raise UserError(f"results table {path} line {number} is not a JSON object: delete or repair that line")
         rows.append(parsed)
+    if torn and not rows:  # nothing but broken lines: not a table with a torn row
+        number, msg = torn[0]
+        raise UserError(f"results table {path} line {number} is not JSON ({msg}): delete or repair that line")
+    torn = [n for n, _ in torn]
     if torn:
         (warn or _warn)(torn_message(path, torn))
     return rows

@@ -44,6 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxmodels.accounting import results
 from jaxmodels.errors import UserError
 
 REQUIRED = ("params", "tokens", "loss")
@@ -61,7 +62,11 @@ def _to_float(value) -> float:
         return math.nan
 
 
-def _read_records(path: pathlib.Path) -> tuple[list[dict], set[str]]:
+def _warn(message: str) -> None:
+    warnings.warn(message, stacklevel=4)
+
+
+def _read_records(path: pathlib.Path, warn=_warn) -> tuple[list[dict], set[str]]:
     try:
         text = path.read_text()
     except (OSError, UnicodeDecodeError) as e:
@@ -71,15 +76,27 @@ def _read_records(path: pathlib.Path) -> tuple[list[dict], set[str]]:
     is_jsonl = path.suffix.lower() in (".jsonl", ".ndjson", ".json") or (
         path.suffix.lower() != ".csv" and bool(lines) and lines[0].lstrip().startswith("{"))
     if is_jsonl:
-        records = []
+        records, torn = [], []
         for number, line in enumerate(lines, 1):
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as e:
+                if line.lstrip().startswith("{"):  # a row cut short by a killed writer
+                    torn.append((number, e.msg))
+                    continue
                 raise UserError(f"table {path} line {number} is not JSON ({e.msg}): write one JSON object per line") from None
             if not isinstance(record, dict):
                 raise UserError(f"table {path} line {number} is not a JSON object: write one object per line, e.g. {{\"params\": 1e8, \"tokens\": 2e9, \"loss\": 3.1}}")
             records.append({str(k).strip().lower(): v for k, v in record.items()})
+        if torn and not records:  # nothing but broken lines: not a table with a torn row
+            number, msg = torn[0]
+            raise UserError(f"table {path} line {number} is not JSON ({msg}): write one JSON object per line")
+        if torn:
+            warn(results.torn_message(path, [n for n, _ in torn]))
+        # A results table (jaxmodels' own): runs with several rows, or finished without one.
+        if records and all("config_hash" in r and "run" in r for r in records):
+            for message in results.audit(records, path):
+                warn(message)
         columns = set().union(*(r.keys() for r in records)) if records else set()
         return records, columns
     reader = csv.DictReader(lines)
@@ -91,10 +108,11 @@ def _read_records(path: pathlib.Path) -> tuple[list[dict], set[str]]:
     return records, columns
 
 
-def _read_rows(path, columns: dict[str, str] | None = None) -> tuple[dict[str, np.ndarray], int]:
+def _read_rows(path, columns: dict[str, str] | None = None,
+               warn=_warn) -> tuple[dict[str, np.ndarray], int]:
     """(table, number of rows dropped for non-finite or non-positive values); see read_table."""
     path = pathlib.Path(path)
-    records, present = _read_records(path)
+    records, present = _read_records(path, warn)
     source = {role: (columns or {}).get(role, role).strip().lower() for role in REQUIRED}
     missing = [source[c] for c in REQUIRED if source[c] not in present]
     if missing:
@@ -422,7 +440,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.bootstrap < 0:
             raise UserError(f"--bootstrap {args.bootstrap} is negative: pass 0 for no intervals or a count such as 100")
         columns = {role: getattr(args, f"{role}_column") for role in REQUIRED}
-        table, dropped = _read_rows(args.table, columns)
+        table, dropped = _read_rows(
+            args.table, columns,
+            warn=lambda message: print(f"jaxmodels fit: warning: {message}", file=sys.stderr))
         print(f"{args.table}: {len(table['loss'])} runs" + (f", dropped {dropped} with a missing, non-finite or non-positive value" if dropped else ""))
         result = fit_table(table, n_bootstrap=args.bootstrap, seed=args.seed)
         result |= {"table": str(args.table), "dropped_rows": dropped, "bootstrap": args.bootstrap}
