@@ -148,3 +148,118 @@ def test_full_disk_during_a_save_keeps_earlier_checkpoints(finished_run, tmp_pat
     for name, digest in before.items():
         if name.startswith("checkpoints/") or name in ("summary.json",) or name.startswith("weights/"):
             assert after.get(name) == digest, name
+
+
+# ---------------------------------------------------------------------------------------------
+# Inputs that used to end in a traceback or a silent surprise.
+
+def _text(n_lines: int) -> str:
+    words = ["the", "quick", "brown", "fox", "jumps", "over", "lazy", "dog", "and", "sea"]
+    return "".join(" ".join(words[(i * 7 + j * 3) % len(words)] for j in range(8)) + "\n"
+                   for i in range(n_lines))
+
+
+def _one_error_line(capsys) -> str:
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert lines and lines[-1].startswith("jaxmodels: error: "), err
+    return lines[-1]
+
+
+@pytest.mark.parametrize("text,overrides,expected", [
+    (_text(80)[:3000], ["data.vocab_size=10"], "data.vocab_size=10 is too small for a BPE tokenizer"),
+    ("\n" * 3000, [], "data.tokenizer=bpe cannot be trained on this train split: it holds only line breaks"),
+])
+def test_bpe_that_cannot_train_is_one_line_naming_the_knob(text, overrides, expected, tmp_path, capsys):
+    corpus = _write(tmp_path, "corpus.txt", text)
+    workdir = tmp_path / "run"
+    argv = ["train", GPT, "--tiny", "data.dataset=text", f"data.data_dir={corpus}",
+            "data.tokenizer=bpe", *overrides, "--workdir", str(workdir)]
+    assert cli.main(argv) == 2
+    assert expected in _one_error_line(capsys)
+    assert not workdir.exists()  # the data failed before the workdir was made
+
+
+def test_a_missing_dataset_leaves_no_empty_workdir(tmp_path, capsys):
+    workdir = tmp_path / "new" / "run"
+    assert cli.main(["train", MLP, "--tiny", "data.dataset=text", "data.data_dir=/no/such/corpus",
+                     "--workdir", str(workdir)]) == 2
+    assert "/no/such/corpus" in _one_error_line(capsys)
+    assert not (tmp_path / "new").exists()
+
+
+@pytest.mark.parametrize("argv", [
+    ["train", MLP, "--tiny", "data.dataset=digits"], ["eval", MLP, "--tiny", "data.dataset=digits"],
+    ["sample", "--prompt", "x"], ["sweep", str(ROOT / "experiments/sweeps/mlp_width_digits.py")]])
+def test_an_empty_workdir_flag_is_an_error_not_the_current_folder(argv, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert cli.main([*argv, "--workdir", ""]) == 2
+    assert "--workdir is empty" in _one_error_line(capsys)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_checkpoints_path_that_is_a_file_fails_before_training(tmp_path, capsys):
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    (workdir / "checkpoints").write_text("not a folder")
+    assert cli.main(["train", MLP, "--tiny", *BASE, "--workdir", str(workdir)]) == 2
+    assert "checkpoints' is a file, not a checkpoint folder" in _one_error_line(capsys)
+    assert sorted(p.name for p in workdir.iterdir()) == [".lock", "checkpoints"]  # nothing trained
+
+
+def test_eval_on_a_split_the_corpus_lacks_is_one_line(tmp_path, capsys):
+    corpus = _write(tmp_path, "corpus.txt", _text(400))
+    assert cli.main(["eval", GPT, "--tiny", "data.dataset=text", f"data.data_dir={corpus}",
+                     "--split", "test", "--workdir", str(tmp_path / "run")]) == 2
+    assert "--split test: text has no test split (it has train, validation)" in _one_error_line(capsys)
+
+
+@pytest.fixture(scope="module")
+def lm_run(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("lm")
+    corpus = folder / "corpus.txt"
+    corpus.write_text(_text(400))
+    workdir = folder / "run"
+    assert cli.main(["train", GPT, "--tiny", "data.dataset=text", f"data.data_dir={corpus}",
+                     "train.steps=2", "train.eval_every=none", "--workdir", str(workdir)]) == 0
+    return workdir
+
+
+@pytest.mark.parametrize("flags,expected", [
+    (["--temperature", "nan"], "--temperature must be a finite number >= 0"),
+    (["--temperature", "inf"], "--temperature must be a finite number >= 0"),
+    (["--temperature", "-1"], "--temperature must be a finite number >= 0"),
+    (["--top-p", "0"], "--top-p must be in (0, 1]"),
+    (["--top-p", "1.5"], "--top-p must be in (0, 1]"),
+    (["--top-p", "nan"], "--top-p must be in (0, 1]"),
+    (["--top-k", "-1"], "--top-k must be >= 0"),
+])
+def test_bad_sampling_settings_are_one_line(flags, expected, lm_run, capsys):
+    assert cli.main(["sample", "--workdir", str(lm_run), "--prompt", "the", *flags]) == 2
+    assert expected in _one_error_line(capsys)
+
+
+@pytest.mark.parametrize("name,damage,expected", [
+    ("config.json", lambda t: "{not json", "config.json is not a jaxmodels config (Expecting"),
+    ("config.json", lambda t: "[1, 2, 3]", "config.json is not a jaxmodels config (it holds a JSON list"),
+    ("config.json", lambda t: t.replace('"model"', '"modle"', 1), "config.json is not a jaxmodels config (missing key 'model')"),
+    ("tokenizer.json", lambda t: t[: len(t) // 2], "tokenizer.json cannot be read ("),
+])
+def test_sample_on_a_corrupt_workdir_is_one_line_and_changes_nothing(name, damage, expected, lm_run, tmp_path, capsys):
+    workdir = tmp_path / "run"
+    shutil.copytree(lm_run, workdir)
+    (workdir / name).write_text(damage((workdir / name).read_text()))
+    before = _snapshot(workdir)
+    assert cli.main(["sample", "--workdir", str(workdir), "--prompt", "the"]) == 2
+    assert expected in _one_error_line(capsys)
+    assert _snapshot(workdir) == before
+
+
+def test_a_prompt_with_unseen_characters_warns_in_one_line(lm_run, capsys):
+    assert cli.main(["sample", "--workdir", str(lm_run), "--prompt", "the Zébra", "--max-new-tokens", "2"]) == 0
+    out, err = capsys.readouterr()
+    (warning,) = [line for line in err.splitlines() if "warning" in line]
+    assert warning.startswith("jaxmodels: warning: the prompt has characters the tokenizer never "
+                              "saw in training ('Z', 'é')")
+    assert out.startswith("the \ufffd\ufffdbra")  # what the model was given: the unknown id

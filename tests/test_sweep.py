@@ -314,3 +314,113 @@ def test_worker_runs_on_its_share_of_the_cpus():
     if len(cpus) >= 2:
         assert sorted(flat) == cpus and not set(slots[0]) & set(slots[1])
     assert all(len(s) == 1 for s in sweep._cpu_slots(len(cpus) + 1))
+
+
+def test_a_nonfinite_run_fails_in_one_line_and_the_sequential_sweep_goes_on(tmp_path, capsys, monkeypatch):
+    # Exit 3 (non-finite loss) is this run's problem, not a reason to stop the sweep, exactly
+    # as with --workers N; only a signal stops the sweep.
+    nonfinite = RunStopped("non-finite loss (nan) at step 4: stopped; no checkpoint was saved before it",
+                           exit_code=3)
+    monkeypatch.setattr(sweep.loop, "train", fake := FakeTrain({"seed=4": nonfinite}))
+    path = write_sweep(tmp_path, 'grid({"train.seed": [3, 4, 5]})')
+    assert cli.main(["sweep", str(path), "--workdir", str(tmp_path / "out")]) == 1
+    assert fake.trained == ["seed=3", "seed=4", "seed=5"]
+    assert "failed: seed=4: non-finite loss (nan) at step 4: stopped;" in capsys.readouterr().out
+    table = list(csv.DictReader((tmp_path / "out/sweep.csv").open()))
+    assert [(r["run"], r["status"]) for r in table] == [
+        ("seed=3", "trained"), ("seed=4", "failed"), ("seed=5", "trained")]
+
+
+def _long_sweep(tmp_path) -> pathlib.Path:
+    # Runs far longer than the test waits: they only end by a signal.
+    return write_sweep(tmp_path, 'grid({"train.seed": [0, 1]})',
+                       base='{"train.steps": 1000000, "checkpoint.every_steps": 20}')
+
+
+def _start_sweep(path, out) -> "subprocess.Popen":
+    import subprocess
+    import sys
+
+    env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu")
+    return subprocess.Popen([sys.executable, "-m", "jaxmodels.cli", "sweep", str(path), "--workdir",
+                             str(out), "--workers", "2"], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for_checkpoints(out, names, proc, timeout=300):
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not all(any(p.name.isdigit() for p in (out / n / "checkpoints").glob("*")) for n in names):
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "no checkpoint in time"
+        time.sleep(0.2)
+
+
+def _stop_line(log: pathlib.Path) -> int:
+    text = log.read_text()
+    assert "Traceback" not in text, text[-3000:]
+    last = text.strip().splitlines()[-1]
+    found = re.fullmatch(r"jaxmodels: stopped by SIGTERM after step (\d+): checkpoint saved in .*; "
+                         r"run the same command to resume", last)
+    assert found, last
+    return int(found[1])
+
+
+def _saved_steps(workdir: pathlib.Path) -> list[int]:
+    return sorted(int(p.name) for p in (workdir / "checkpoints").glob("*") if p.name.isdigit())
+
+
+def test_sigterm_to_the_sweep_reaches_every_worker_and_each_saves_and_says_one_line(tmp_path):
+    import signal
+
+    path, out = _long_sweep(tmp_path), tmp_path / "out"
+    proc = _start_sweep(path, out)
+    names = ["seed=0", "seed=1"]
+    try:
+        _wait_for_checkpoints(out, names, proc)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1] == (
+        "jaxmodels: sweep stopped by SIGTERM: 2 running run(s) saved their checkpoints "
+        "(seed=0, seed=1); run the same command to resume")
+    for name in names:
+        step = _stop_line(out / "logs" / f"{name}.log")
+        assert _saved_steps(out / name)[-1] == step  # the step it stopped at is on disk
+
+
+def test_workers_end_with_their_parent_even_a_killed_one(tmp_path):
+    import signal
+    import time
+
+    path, out = _long_sweep(tmp_path), tmp_path / "out"
+    proc = _start_sweep(path, out)
+    names = ["seed=0", "seed=1"]
+    try:
+        _wait_for_checkpoints(out, names, proc)
+        pids = [int((out / n / ".lock").read_text().split()[0]) for n in names]
+        proc.kill()  # kill -9: the parent cannot forward anything
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+    def alive(pid):
+        try:
+            state = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            return False
+        return state != "Z"  # a zombie has exited; reaping it is its new parent's business
+
+    deadline = time.monotonic() + 120
+    while any(alive(p) for p in pids):
+        assert time.monotonic() < deadline, "a worker outlived its killed parent"
+        time.sleep(0.2)
+    for name in names:  # stopped cleanly: saved, one line, no traceback
+        step = _stop_line(out / "logs" / f"{name}.log")
+        assert _saved_steps(out / name)[-1] == step

@@ -343,7 +343,7 @@ class Outcome:
 
 
 def _one_line(e: BaseException) -> str:
-    text = str(e) if isinstance(e, UserError) else f"{type(e).__name__}: {e}"
+    text = str(e) if isinstance(e, (UserError, RunStopped)) else f"{type(e).__name__}: {e}"
     return (text.strip().splitlines() or [type(e).__name__])[0][:500]
 
 

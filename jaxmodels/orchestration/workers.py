@@ -10,9 +10,9 @@ once" and lose its checkpoint.
 Worker side, `worker_main`: trains one run; SIGTERM/SIGINT make the loop save a checkpoint and
 stop, and the worker then prints one line (no traceback) and exits with 128 + the signal. A
 worker never outlives its parent: on Linux `prctl(PR_SET_PDEATHSIG, SIGTERM)` asks the kernel to
-send it SIGTERM when the parent dies, and a thread watching the parent's pid does the same
-everywhere (and covers the parent thread that started it exiting first, which also fires
-PDEATHSIG, and the race of the parent dying before prctl ran).
+send it SIGTERM when the parent dies (the parent's pool threads, which start the workers, live
+until every run is done, so that is when PDEATHSIG fires); elsewhere, or where prctl fails, a
+thread watching the parent's pid sends it instead.
 """
 
 from __future__ import annotations
@@ -156,13 +156,18 @@ def error_line(finished: Finished) -> str:
 
 
 def _die_with_parent(parent_pid: int) -> None:
-    """SIGTERM to this process when the parent dies: the loop then saves and stops."""
+    """SIGTERM to this process, once, when the parent dies: the loop then saves and stops (a
+    second signal would mean "stop at once", so only one of the two mechanisms is armed)."""
     if sys.platform.startswith("linux"):
         try:
             libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+            armed = libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) == 0
         except (OSError, AttributeError):
-            pass  # the watcher below still covers it
+            armed = False
+        if armed:
+            if os.getppid() != parent_pid:  # it died before prctl ran: nobody will signal
+                os.kill(os.getpid(), signal.SIGTERM)
+            return
 
     def watch():
         while os.getppid() == parent_pid:
