@@ -241,4 +241,10 @@ def restore_weights(workdir: pathlib.Path, target: dict) -> dict:
     except (ValueError, KeyError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(f"weights in {str(path)!r} do not match this config's model ({first}): use the config the run was trained with") from None
+    except Exception as e:  # noqa: BLE001 - tensorstore reports damaged files as bare Exception
+        cause = e.__cause__ or e
+        first = (str(cause).strip().splitlines() or [type(cause).__name__])[0][:300]
+        raise UserError(f"weights in {str(path)!r} cannot be read ({first}): they are damaged; "
+                        f"relaunch the run's train command, which writes them again from its "
+                        f"last checkpoint") from None
 
