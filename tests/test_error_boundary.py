@@ -136,7 +136,9 @@ def test_every_command_on_a_corrupt_workdir_is_an_answer_not_a_traceback(corrupt
         before = _snapshot(runs)
         r = _cli(*_commands(runs, text_file, sweep_file)[command])
         after = _snapshot(runs)
-        where = f"{command} on {corruption}: exit {r.returncode}: {r.stderr.strip()[-1500:]}"
+        err = r.stderr.strip()
+        where = (f"{command} on {corruption}: exit {r.returncode}: "
+                 f"{err if len(err) < 3000 else err[:1500] + ' ... ' + err[-1500:]}")
         if r.returncode not in (0, 2, 3):
             failures.append(where)
         if "Traceback" in r.stderr:

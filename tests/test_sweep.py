@@ -424,3 +424,28 @@ def test_workers_end_with_their_parent_even_a_killed_one(tmp_path):
     for name in names:  # stopped cleanly: saved, one line, no traceback
         step = _stop_line(out / "logs" / f"{name}.log")
         assert _saved_steps(out / name)[-1] == step
+
+
+def test_a_finished_run_without_its_row_is_relaunched_and_the_table_report_names_it(first_sweep, tmp_path, capsys, monkeypatch):
+    """Killed after summary.json but before its results row: the sweep must not count it done
+    (the row would never come); it relaunches it (the loop then only evaluates and adds the row),
+    and the end-of-sweep report names rows that are still missing or duplicated, one line each."""
+    path, out, _ = first_sweep
+    copy = tmp_path / "out"
+    shutil.copytree(out, copy)
+    rows = results.read(copy / "results.jsonl")
+    kept = [r for r in rows if r["run"] != "hidden=16"] + [r for r in rows if r["run"] == "seed=1"]
+    (copy / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in kept))
+    assert [s for _, s in sweep.plan(path, copy)] == ["done", "resume", "done"]
+    monkeypatch.setattr(sweep.loop, "train", fake := FakeTrain())  # adds no row
+    capsys.readouterr()
+    outcomes = sweep.run_sweep(path, copy)
+    assert fake.trained == ["hidden=16"] and [o.status for o in outcomes] == ["skipped", "trained", "skipped"]
+    report = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    table = copy / "results.jsonl"
+    digest = next(r["config_hash"] for r in rows if r["run"] == "seed=1")
+    assert report == [
+        f"jaxmodels: warning: results table {table}: run seed=1 (config {digest}) has 2 rows; a fit "
+        f"counts it 2 times: delete all but the last",
+        f"jaxmodels: warning: results table {table}: finished run {copy / 'hidden=16'} has no row; "
+        f"relaunch it (the same command) to add it"]

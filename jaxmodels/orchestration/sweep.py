@@ -456,7 +456,8 @@ def run_sweep(path: str | os.PathLike, workdir: str | os.PathLike | None = None,
                     pool.wait_all()
                     raise
             if pool.stopping is not None:
-                stopped = [o.run.name for o in outcomes.values() if o.status == "stopped"]
+                stopped = [run.name for run, _ in planned
+                           if run.name in outcomes and outcomes[run.name].status == "stopped"]
                 name = signal.Signals(pool.stopping).name
                 raise RunStopped(f"sweep stopped by {name}: {len(stopped)} running run(s) saved "
                                  f"their checkpoints ({', '.join(stopped) or 'none'}); run the "
