@@ -164,7 +164,7 @@ def generate_text(workdir, prompt: str, *, max_new_tokens: int = 200, temperatur
         raise UserError(f"--max-new-tokens must be at least 1, got {max_new_tokens}")
     # NaN passes every comparison test, so finiteness is checked first.
     if not math.isfinite(temperature) or temperature < 0:
-        raise UserError(f"--temperature must be a finite number >= 0 (0 is greedy), got {temperature}")
+        raise UserError(f"--temperature must be >= 0 and finite (0 is greedy), got {temperature}")
     if top_k < 0:
         raise UserError(f"--top-k must be >= 0 (0 keeps every token), got {top_k}")
     if not 0 < top_p <= 1:

@@ -229,9 +229,9 @@ def lm_run(tmp_path_factory):
 
 
 @pytest.mark.parametrize("flags,expected", [
-    (["--temperature", "nan"], "--temperature must be a finite number >= 0"),
-    (["--temperature", "inf"], "--temperature must be a finite number >= 0"),
-    (["--temperature", "-1"], "--temperature must be a finite number >= 0"),
+    (["--temperature", "nan"], "--temperature must be >= 0 and finite"),
+    (["--temperature", "inf"], "--temperature must be >= 0 and finite"),
+    (["--temperature", "-1"], "--temperature must be >= 0 and finite"),
     (["--top-p", "0"], "--top-p must be in (0, 1]"),
     (["--top-p", "1.5"], "--top-p must be in (0, 1]"),
     (["--top-p", "nan"], "--top-p must be in (0, 1]"),
