@@ -64,7 +64,6 @@ CASES = {
     "mesh": (["train", MLP, "--tiny", *BASE, "parallel.data=3"], "parallel"),
     "context too long": (["train", GPT, "--tiny", "model.max_len=16", "data.seq_len=32"],
                          "data.seq_len=32 is longer than the model supports (model.max_len=16)"),
-    "tiny without config": (["train", "--tiny"], "--tiny needs a CONFIG"),
     # Files and data.
     "missing config file": (["train", "no/such/config.py"], "not found"),
     "missing dataset": (["train", MLP, "--tiny", "data.dataset=text", "data.data_dir=/no/such/corpus"],
@@ -245,7 +244,7 @@ def test_bad_sampling_settings_are_one_line(flags, expected, lm_run, capsys):
 @pytest.mark.parametrize("name,damage,expected", [
     ("config.json", lambda t: "{not json", "config.json is not a jaxmodels config (Expecting"),
     ("config.json", lambda t: "[1, 2, 3]", "config.json is not a jaxmodels config (it holds a JSON list"),
-    ("config.json", lambda t: t.replace('"model"', '"modle"', 1), "config.json is not a jaxmodels config (missing key 'model')"),
+    ("config.json", lambda t: t.replace('"model"', '"modle"', 1), "config.json: not a jaxmodels config (expected an object with a 'model' section"),
     ("tokenizer.json", lambda t: t[: len(t) // 2], "tokenizer.json cannot be read ("),
 ])
 def test_sample_on_a_corrupt_workdir_is_one_line_and_changes_nothing(name, damage, expected, lm_run, tmp_path, capsys):

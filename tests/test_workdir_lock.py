@@ -119,8 +119,8 @@ def test_an_error_ends_the_process_even_with_a_hanging_thread():
     prints its one line and exits instead of waiting for it forever in threading._shutdown."""
     script = ("import sys, threading; from jaxmodels import cli; "
               "threading.Thread(target=threading.Event().wait).start(); "
-              "sys.argv = ['jaxmodels', 'train', '--tiny']; sys.exit(cli.main())")
+              "sys.argv = ['jaxmodels', 'train', 'train.steps=ten']; sys.exit(cli.main())")
     r = subprocess.run([sys.executable, "-c", script], env=ENV, capture_output=True, text=True,
                        timeout=120)
     assert r.returncode == 2
-    assert r.stderr.strip().splitlines()[-1].startswith("jaxmodels: error: --tiny needs a CONFIG")
+    assert r.stderr.strip().splitlines()[-1].startswith("jaxmodels: error: train.steps='ten'")
