@@ -70,12 +70,12 @@ CASES = {
                         "/no/such/corpus"),
     # Resuming the finished run with a config it cannot continue.
     "changed model shape": (["train", MLP, "--tiny", *BASE, "model.hidden=(16,)"],
-                            "trained with another config (model.hidden: [32] -> [16])"),
+                            "finished all 10 steps with other settings (model.hidden: [32] -> [16])"),
     "changed batch size": (["train", MLP, "--tiny", *BASE, "data.batch_size=32"],
                            "data.batch_size: 64 -> 32"),
     "changed seed": (["train", MLP, "--tiny", *BASE, "train.seed=1"], "train.seed: 0 -> 1"),
     "fewer steps than done": (["train", MLP, "--tiny", *BASE[:1], "train.steps=5", *BASE[2:]],
-                              "is at step 10, past this config's 5 steps"),
+                              "with other settings (train.steps: 10 -> 5), so nothing would be trained"),
     "eval without weights": (["eval", MLP, "--tiny", "data.dataset=digits", "--workdir", "EMPTY"],
                              "no trained weights"),
 }
