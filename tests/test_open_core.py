@@ -342,6 +342,9 @@ def test_experiment_file_declares_trains_resumes_evaluates_and_plans_its_own_mod
     assert out.returncode == 0, out.stderr[-3000:]
     rows = [json.loads(line) for line in (tmp_path / "sweep" / "results.jsonl").read_text().splitlines()]
     assert sorted(r["config"]["model"]["width"] for r in rows) == [8, 12]
+    # The results table records the researcher's own code, beside jaxmodels' commit.
+    assert {r["experiment_file"] for r in rows} == {str(exp.resolve())}
+    assert {r["experiment_sha256"] for r in rows} == {saved["experiment_sha256"]}
     # The config reads back in a fresh process that never imported the file.
     code = f"import json, jaxmodels.config as c; print(c.from_dict(json.load(open({str(workdir / 'config.json')!r}))).model)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
@@ -377,3 +380,81 @@ def test_sources_are_lines_the_tests_need():  # guards the helper used by the re
     next(stream), next(stream)
     assert _served(stream) == 2
 
+
+
+FAMILY_EXPERIMENT = '''
+"""Experiment file for one user model family (written by tests/test_open_core.py)."""
+import dataclasses
+import jax, jax.numpy as jnp, numpy as np
+import flax.linen as nn
+from flax import nnx
+import jaxmodels
+
+{source}
+
+@dataclasses.dataclass(frozen=True)
+class FamilyConfig:
+    kind = "test_family_{name}"
+    family: str = "{name}"
+
+
+def build(config):
+    x = {make}
+    return x
+
+
+jaxmodels.register_model(FamilyConfig, build)
+
+
+def get_config(tiny=False):
+    return jaxmodels.Config(
+        name="family_{name}", model=FamilyConfig(),
+        data=jaxmodels.DataConfig(dataset="digits", batch_size=32, eval_split="test"),
+        optimizer=jaxmodels.OptimizerConfig(learning_rate=1e-2),
+        train=jaxmodels.TrainConfig(steps=30, log_every=10, progress=False))
+'''
+
+
+FAMILY_SOURCES = {
+    "linen": (PlainMLP, "Flattened(PlainMLP())"),
+    "linen_bn": (BNNet, "Flattened(BNNet())"),
+    "nnx": (NNXNet, "FlatNNX(NNXNet(nnx.Rngs(0)))"),
+    "pair": ((pair_init, pair_apply), "(lambda r, x: pair_init(r, x.reshape(len(x), -1)), "
+                                      "lambda p, x: pair_apply(p, x.reshape(len(x), -1)))"),
+}
+FLATTEN_SOURCE = '''
+class Flattened(nn.Module):
+    inner: nn.Module
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        x = x.reshape(len(x), -1)
+        return self.inner(x, train=train) if "train" in type(self.inner).__call__.__code__.co_varnames else self.inner(x)
+
+
+class FlatNNX(nnx.Module):
+    def __init__(self, inner):
+        self.inner = inner
+
+    def __call__(self, x):
+        return self.inner(x.reshape(len(x), -1))
+'''
+
+
+@pytest.mark.parametrize("name", list(FAMILY_SOURCES))
+def test_each_family_trains_and_evaluates_from_an_experiment_file(tmp_path, name):
+    import inspect
+
+    obj, make = FAMILY_SOURCES[name]
+    parts = obj if isinstance(obj, tuple) else (obj,)
+    source = "\n\n".join(inspect.getsource(o) for o in parts) + "\n" + FLATTEN_SOURCE
+    exp = tmp_path / f"family_{name}.py"
+    exp.write_text(FAMILY_EXPERIMENT.format(source=source, name=name, make=make))
+    out = _cli("train", str(exp), "--workdir", str(tmp_path / "run"))
+    assert out.returncode == 0, out.stderr[-3000:]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["step"] == 30 and summary["eval_accuracy"] > 0.3  # chance is 0.1
+    assert summary["flops_source"] == "xla" and summary["mfu"] is not None
+    out = _cli("eval", str(exp), "--workdir", str(tmp_path / "run"))
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert json.loads(out.stdout.strip().splitlines()[-1])["loss"] == pytest.approx(summary["eval_loss"], rel=1e-6)

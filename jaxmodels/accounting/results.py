@@ -55,7 +55,9 @@ TABLE_NAME = "results.jsonl"
 
 # Config keys left out of the hash: a label and a display switch, neither changes any number a
 # run produces, so configs differing only in them are the same experiment.
-HASH_EXCLUDED = ("name", "train.progress")
+# Bookkeeping, not the computation: the same run moved, renamed or with a comment edited in its
+# experiment file keeps its identity (and so its one results row).
+HASH_EXCLUDED = ("name", "train.progress", "experiment_file", "experiment_sha256")
 
 # Summary keys the loop may not write (older loops, or not yet measured): read with None.
 _SUMMARY_NUMBERS = ("params", "non_embedding_params", "examples_seen", "tokens_seen", "flops",
@@ -140,6 +142,9 @@ def row(config: config_lib.Config, summary: dict, workdir: str | os.PathLike) ->
         "model": config.model.kind,
         "git_commit": commit,
         "git_dirty": dirty,
+        # The researcher's own code: the experiment file the config came from, and its hash.
+        "experiment_file": config.experiment_file,
+        "experiment_sha256": config.experiment_sha256,
         "jax_version": jax.__version__,
         "flax_version": flax.__version__,
         "platform": device.platform,

@@ -29,9 +29,11 @@ def interval_record(fetched: list, guarded: bool) -> dict:
 
 
 def first_nonfinite(fetched: list) -> tuple[int, str, float] | None:
-    """(step, key, value) of the first non-finite loss or gradient norm, or None."""
+    """(step, key, value) of the first non-finite loss, gradient norm or parameter norm (after
+    the update: finite gradients can still overflow the parameters), or None. A checkpoint is
+    only saved after this found nothing, so every kept checkpoint holds a finite state."""
     for step, m in fetched:
-        for key in ("loss", "grad_norm"):
+        for key in ("loss", "grad_norm", "param_norm"):
             if not np.isfinite(m[key]):
                 return step, key, float(m[key])
     return None
