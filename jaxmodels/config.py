@@ -403,6 +403,9 @@ def apply_overrides(config: Config, overrides: list[str] | tuple[str, ...]) -> C
             near = difflib.get_close_matches(path[0], list(fields), n=1)
             hint = f": did you mean '{near[0]}'?" if near else f"; sections are {', '.join(fields)}"
             raise ConfigError(f"unknown config key '{key}'{hint}")
+        if len(path) == 1 and path[0] in ("experiment_file", "experiment_sha256"):
+            raise ConfigError(f"'{key}' is recorded by jaxmodels (the experiment file a config was "
+                              f"loaded from, and its hash), not set by an override")
         if len(path) == 1:
             if path[0] != "name":
                 raise ConfigError(f"'{key}' is a section, not a value: set one of its keys, e.g. '{key}.{dataclasses.fields(fields[key])[0].name}=...'")

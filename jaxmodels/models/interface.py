@@ -43,6 +43,9 @@ class Model(NamedTuple):
     init: Callable[[jax.Array, Any], dict]
     apply: Callable[..., tuple[Any, dict]]
     name: str = "model"
+    # The object adapted (a Linen or NNX module, a pair), for tools that need more than the two
+    # functions: `jaxmodels plan` traces a Linen module's intermediates for activation memory.
+    module: Any = None
 
 
 def _keywords(fn) -> set[str]:
@@ -77,7 +80,7 @@ def from_linen(module: nn.Module) -> Model:
                                           **kw(True))
         return outputs, dict(new_state)
 
-    return Model(init, apply, type(module).__name__)
+    return Model(init, apply, type(module).__name__, module)
 
 
 def from_nnx(module) -> Model:
@@ -114,7 +117,7 @@ def from_nnx(module) -> Model:
         new_rest = nnx.split(m, nnx.Param, nnx.RngState, ...)[3]
         return outputs, {"nnx_state": nnx.to_pure_dict(new_rest)}
 
-    return Model(init, apply, type(module).__name__)
+    return Model(init, apply, type(module).__name__, module)
 
 
 def _streams(module) -> list[str]:
@@ -144,7 +147,7 @@ def from_pair(init: Callable, apply: Callable, name: str = "model") -> Model:
             kw["rng"] = rng
         return apply(variables["params"], inputs, **kw), {}
 
-    return Model(model_init, model_apply, name)
+    return Model(model_init, model_apply, name, (init, apply))
 
 
 def as_model(obj) -> Model:

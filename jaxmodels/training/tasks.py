@@ -43,8 +43,8 @@ def check_source_fits(task, cfg: DataConfig, where: str = "the data source"):
     if built_for is not None and built_for != cfg.batch_size:
         raise UserError(f"{where} made batches of {built_for} but data.batch_size={cfg.batch_size}: "
                         f"build the source with batch_size=cfg.batch_size")
-    for split, fix in (("validation", "give the source a validation split"),
-                       (cfg.eval_split, "set data.eval_split=validation")):
+    for split, fix in ((cfg.eval_split, "set data.eval_split=validation"),
+                       ("validation", "give the source a validation split")):
         if split not in task.splits:
             raise UserError(f"data.eval_split={cfg.eval_split}: {task.name} has no {split} split (it "
                             f"has {', '.join(task.splits)}): {fix}" if split == cfg.eval_split else
