@@ -286,6 +286,14 @@ def _main(argv: list[str]) -> int:
     except KeyboardInterrupt:
         print("jaxmodels: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:  # noqa: BLE001 - only an allocation failure is turned into one line
+        if args.debug or "RESOURCE_EXHAUSTED" not in str(e):
+            raise
+        first = str(e).strip().splitlines()[0][:300]
+        print(f"jaxmodels: error: out of device memory ({first}): lower data.batch_size, raise "
+              f"train.microbatches, or shard with parallel.preset=fsdp (jaxmodels plan CONFIG "
+              f"estimates the need); checkpoints already saved are intact", file=sys.stderr)
+        return 2
     return 0
 
 

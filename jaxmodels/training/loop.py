@@ -64,6 +64,7 @@ from jaxmodels.parallel import stop_vote
 from jaxmodels.accounting import hardware, results
 from jaxmodels.models.interface import as_model
 from jaxmodels.training import checkpoint, mup, optim, plots, tasks
+from jaxmodels.training import plan as plan_lib
 from jaxmodels.training import hooks as hooks_lib
 from jaxmodels.training import objectives as objectives_lib
 from jaxmodels.training import step as step_lib
@@ -337,6 +338,7 @@ def train(config: Config, workdir: str | os.PathLike, *, restart: bool = False,
     main = distributed.is_main()
     t_start = time.perf_counter()
     s = setup(config, parts)  # every config and data problem surfaces here, before any file changes
+    plan_lib.check_fits(s)  # a step that cannot fit is one line, before any batch or compile
     if main:  # [rel] after setup: a missing dataset leaves no empty workdir behind
         _prepare_workdir(workdir)
     cfg = s.config

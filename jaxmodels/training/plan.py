@@ -150,3 +150,68 @@ def check_budget(p: Plan, budget: int) -> None:
     name, knob = p.dominant()
     raise UserError(f"needs {_gib(p.total)} per device, over the {_gib(budget)} budget; the largest "
                     f"term is {name}: try {knob}")
+
+
+def device_memory(device) -> tuple[int | None, str]:
+    """(bytes one device can hold, where that number comes from). Accelerators report their
+    limit; on CPU the device is host memory: the smallest of physical RAM, the cgroup limit and
+    the address-space rlimit. None when nothing says."""
+    stats = None
+    try:
+        stats = device.memory_stats()
+    except Exception:  # noqa: BLE001 - CPU backends may not implement it
+        pass
+    if stats and stats.get("bytes_limit"):
+        return int(stats["bytes_limit"]), f"{device.device_kind} memory"
+    import os
+    import resource
+
+    limits = []
+    try:
+        limits.append((os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "host RAM"))
+    except (ValueError, OSError, AttributeError):
+        pass
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            text = open(path).read().strip()
+        except OSError:
+            continue
+        if text.isdigit() and int(text) < 1 << 60:
+            limits.append((int(text), "the cgroup memory limit"))
+    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    if soft not in (resource.RLIM_INFINITY, -1) and soft > 0:
+        limits.append((soft, "the address-space limit (ulimit -v)"))
+    if not limits:
+        return None, "unknown"
+    return min(limits)
+
+
+def check_fits(s) -> None:
+    """Before anything is compiled or a batch is built: a one-line UserError, with `plan`'s
+    naming of the largest term and its knob, when the analytic estimate of one training step
+    (parameters, optimizer state, gradients, activations and, on CPU, the host's own copy of
+    the batch) cannot fit the device's memory. The estimate is a lower bound (XLA keeps more
+    temporaries), so a run it passes can still run out; the CLI then reports that as one line."""
+    cfg = s.config
+    state_shapes = jax.eval_shape(s.init_fn)
+    example = jnp.asarray(s.task.example_inputs)
+    dp = mesh_lib.data_parallel_size(s.mesh)
+    micro = max(1, cfg.data.batch_size // (dp * cfg.train.microbatches))
+    r = s.parallel
+    p = Plan(dict(s.mesh.shape), r.params_bytes_per_device, r.opt_state_bytes_per_device,
+             r.params_bytes_per_device, _activation_bytes(s.model, state_shapes.params, example, micro),
+             None)
+    device = s.mesh.devices.flat[0]
+    budget, where = device_memory(device)
+    if budget is None:
+        return
+    batch = cfg.data.batch_size * example.size * example.dtype.itemsize * 2  # inputs, targets...
+    need = p.analytic_total + (batch if device.platform == "cpu" else batch // max(dp, 1))
+    if need <= budget:
+        return
+    name, knob = p.dominant()
+    if batch > p.analytic_total:
+        name, knob = "the batch itself", "a smaller data.batch_size (or more devices)"
+    raise UserError(f"one training step needs at least {_gib(need)} per device, over the "
+                    f"{_gib(budget)} of {where}; the largest term is {name}: try {knob} "
+                    f"(jaxmodels plan CONFIG shows the estimate)")
