@@ -458,3 +458,47 @@ def test_each_family_trains_and_evaluates_from_an_experiment_file(tmp_path, name
     out = _cli("eval", str(exp), "--workdir", str(tmp_path / "run"))
     assert out.returncode == 0, out.stderr[-3000:]
     assert json.loads(out.stdout.strip().splitlines()[-1])["loss"] == pytest.approx(summary["eval_loss"], rel=1e-6)
+
+
+class _SignalInFinalEval(_Killing):
+    """SIGTERM to its own process when the final (whole-split) evaluation starts reading."""
+
+    def eval_batches(self, split, *, periodic=False):
+        if not periodic:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return self._source.eval_batches(split, periodic=periodic)
+
+
+def test_sigterm_in_the_final_evaluation_is_one_line_and_the_relaunch_finishes(uninterrupted, tmp_path):
+    full_dir, full = uninterrupted["linen"]
+    workdir = tmp_path / "run"  # its results table is tmp_path/results.jsonl
+    with pytest.raises(RunStopped, match="stopped by SIGTERM during the final evaluation: the "
+                                         "checkpoint of step 24 .* is complete") as stop:
+        jaxmodels.fit(MODELS["linen"](), _SignalInFinalEval(None), workdir=workdir, **FIT)
+    assert stop.value.exit_code == 143
+    assert not (workdir / "summary.json").exists() and not (tmp_path / "results.jsonl").exists()
+    again = jaxmodels.fit(MODELS["linen"](), _Killing(None), workdir=workdir, **FIT)
+    assert again["resumed_from"] == [24]
+    for key in ("train_loss", "eval_loss", "eval_accuracy"):
+        assert again[key] == full[key], key
+    rows = (tmp_path / "results.jsonl").read_text().splitlines()
+    assert len(rows) == 1  # the launch that completed the run wrote its row, once
+
+
+class _SignalInSetup(_Killing):
+    """SIGTERM at the first read of validation batches: setup's shape check, before training."""
+
+    calls = 0
+
+    def eval_batches(self, split, *, periodic=False):
+        type(self).calls += 1
+        if type(self).calls == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return self._source.eval_batches(split, periodic=periodic)
+
+
+def test_sigterm_during_start_up_is_one_line_and_creates_nothing(tmp_path):
+    with pytest.raises(RunStopped, match="stopped by SIGTERM during start-up: nothing was trained") as stop:
+        jaxmodels.fit(MODELS["linen"](), _SignalInSetup(None), workdir=tmp_path / "run", **FIT)
+    assert stop.value.exit_code == 143
+    assert not (tmp_path / "run").exists()

@@ -301,14 +301,28 @@ def _write_json(path: pathlib.Path, obj) -> None:
 
 class _SignalFlag:
     """Records SIGTERM/SIGINT instead of dying mid-step; the loop stops at the next step boundary.
-    A second signal interrupts at once. Handlers exist only while the loop runs, and only when it
-    runs in the main thread (Python allows handlers nowhere else)."""
+    A second signal interrupts at once. Handlers exist while `train` runs (start-up, the steps,
+    the final evaluation, weights and summary), and only in the main thread (Python allows
+    handlers nowhere else). Re-entrant: an inner `with` of the same flag changes nothing."""
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
     def __init__(self):
         self.received: int | None = None
         self._previous = {}
+        self._depth = 0
+
+    def stop_if_received(self, where: str, step: int | None, directory) -> None:
+        """RunStopped (exit 128 + signal) when a signal came in outside the step loop: at
+        start-up nothing was trained; in the final phase the last checkpoint is complete and a
+        relaunch only finishes the run (evaluation, weights, summary, results row)."""
+        if self.received is None:
+            return
+        name = signal.Signals(self.received).name
+        done = (f"the checkpoint of step {step} in {directory} is complete" if step
+                else "nothing was trained or changed")
+        raise RunStopped(f"stopped by {name} {where}: {done}; run the same command to "
+                         f"{'finish' if step else 'start'}", exit_code=128 + self.received)
 
     def _handle(self, signum, frame):
         del frame
@@ -317,13 +331,17 @@ class _SignalFlag:
         self.received = signum
 
     def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
+        self._depth += 1
+        if self._depth == 1 and threading.current_thread() is threading.main_thread():
             self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
         return self
 
     def __exit__(self, *exc):
-        for s, handler in self._previous.items():
-            signal.signal(s, handler)
+        self._depth -= 1
+        if self._depth == 0:
+            for s, handler in self._previous.items():
+                signal.signal(s, handler)
+            self._previous = {}
 
 
 def train(config: Config, workdir: str | os.PathLike, *, restart: bool = False,
@@ -337,25 +355,26 @@ def train(config: Config, workdir: str | os.PathLike, *, restart: bool = False,
     # With several processes (multi-host) process 0 writes every file; the others compute.
     main = distributed.is_main()
     t_start = time.perf_counter()
-    s = setup(config, parts)  # every config and data problem surfaces here, before any file changes
-    plan_lib.check_fits(s)  # a step that cannot fit is one line, before any batch or compile
-    if main:  # [rel] after setup: a missing dataset leaves no empty workdir behind
-        _prepare_workdir(workdir)
-    cfg = s.config
-    log = sys.stderr if main else io.StringIO()
-    # [rel] one process per workdir, held until return (see workdir.py)
-    with workdir_lib.locked(workdir) if main else contextlib.nullcontext():
-        if restart and main:
-            removed = checkpoint.remove_checkpoints(workdir)
-            if removed:
-                print(f"{cfg.name}: --restart: removed the checkpoints of steps {removed}", file=log)
-        ckpt = checkpoint.Checkpoints(workdir, cfg.checkpoint)
-        try:
-            return _train(s, ckpt, workdir, main, log, t_start, hooks)
-        finally:
-            ckpt.close()
-
-
+    signals = _SignalFlag()
+    with signals:  # from start-up to the summary, a signal ends the run with its one line
+        s = setup(config, parts)  # every config and data problem surfaces here, before any file changes
+        plan_lib.check_fits(s)  # a step that cannot fit is one line, before any batch or compile
+        signals.stop_if_received("during start-up", None, None)
+        if main:  # [rel] after setup: a missing dataset leaves no empty workdir behind
+            _prepare_workdir(workdir)
+        cfg = s.config
+        log = sys.stderr if main else io.StringIO()
+        # [rel] one process per workdir, held until return (see workdir.py)
+        with workdir_lib.locked(workdir) if main else contextlib.nullcontext():
+            if restart and main:
+                removed = checkpoint.remove_checkpoints(workdir)
+                if removed:
+                    print(f"{cfg.name}: --restart: removed the checkpoints of steps {removed}", file=log)
+            ckpt = checkpoint.Checkpoints(workdir, cfg.checkpoint)
+            try:
+                return _train(s, ckpt, workdir, main, log, t_start, hooks, signals)
+            finally:
+                ckpt.close()
 
 
 def _announce(s: Setup, n_params: int, fresh: bool, log) -> None:
@@ -427,9 +446,11 @@ def _session(s: Setup, ckpt, workdir: pathlib.Path, main: bool, log, t_start: fl
 
 
 def _train(s: Setup, ckpt: checkpoint.Checkpoints, workdir: pathlib.Path, main: bool, log,
-           t_start: float, hooks: tuple = ()) -> dict:
+           t_start: float, hooks: tuple = (), signals: _SignalFlag | None = None) -> dict:
     cfg = s.config
+    signals = signals or _SignalFlag()
     se = _session(s, ckpt, workdir, main, log, t_start, hooks)
+    signals.stop_if_received("during start-up", None, ckpt.directory)
     state, ls, start_step = se.state, se.ls, se.start_step
     meter, mlog, when, evaluator, hk = se.meter, se.mlog, se.when, se.evaluator, se.hooks
 
@@ -449,7 +470,7 @@ def _train(s: Setup, ckpt: checkpoint.Checkpoints, workdir: pathlib.Path, main: 
                     disable=not (cfg.train.progress and main), unit="step", dynamic_ncols=True,
                     file=sys.stderr)
     try:
-        with _SignalFlag() as signals:
+        with signals:
             vote = stop_vote.StopVote(s.mesh)  # every process stops at the same step
             for step in range(start_step + 1, last + 1):
                 state, metrics = s.train_step(state, distributed.put_batch(next(se.batches), s.batch_sharding))
@@ -493,21 +514,28 @@ def _train(s: Setup, ckpt: checkpoint.Checkpoints, workdir: pathlib.Path, main: 
     finally:
         bar.close()
         mlog.close()
-    return _finish(s, state, evaluator, mlog, meter, ls, se.n_params, start_step, workdir, main, t_start)
+    with signals:
+        return _finish(s, state, evaluator, mlog, meter, ls, se.n_params, start_step, workdir,
+                       main, t_start, signals, ckpt.directory)
 
 
 def _finish(s: Setup, state, evaluator, mlog, meter, ls, n_params, start_step, workdir, main,
-            t_start) -> dict:
-    """Final evaluation, weights, summary.json, the results row and the curves."""
+            t_start, signals: _SignalFlag, directory) -> dict:
+    """Final evaluation, weights, summary.json, the results row and the curves. A signal in
+    between stops after the phase in flight with one line; every phase is redone by the
+    relaunch, which resumes from the final checkpoint and trains nothing."""
     cfg = s.config
-    final = evaluator.final(state)
-    checkpoint.save_weights(workdir, state)  # every process: orbax gathers the shards
     step = int(jax.device_get(state.step))
+    final = evaluator.final(state)
+    signals.stop_if_received("during the final evaluation", step, directory)
+    checkpoint.save_weights(workdir, state)  # every process: orbax gathers the shards
+    signals.stop_if_received("while writing the weights", step, directory)
     summary = summary_lib.build(s, step=step, log=mlog, final=final, meter=meter, ls=ls,
                                 n_params=n_params, wall_time=ls.wall_time + time.perf_counter() - t_start)
     if not main:
         return summary
     _write_json(workdir / "summary.json", summary)
+    signals.stop_if_received("after writing summary.json", step, directory)
     # [rel] every launch that completes the run: record() adds the row only if it is missing
     results.record(cfg, summary, workdir)
     plots.learning_curves(mlog.records, workdir / "curves.png",
