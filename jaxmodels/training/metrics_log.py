@@ -34,7 +34,7 @@ def first_nonfinite(fetched: list) -> tuple[int, str, float] | None:
     only saved after this found nothing, so every kept checkpoint holds a finite state."""
     for step, m in fetched:
         for key in ("loss", "grad_norm", "param_norm"):
-            if not np.isfinite(m[key]):
+            if key in m and not np.isfinite(m[key]):
                 return step, key, float(m[key])
     return None
 
