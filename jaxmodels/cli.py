@@ -237,7 +237,7 @@ def _main(argv: list[str]) -> int:
             if not distributed.is_main():
                 return 0
             shown = ("step", "eval_split", "eval_loss", *(k for k in summary if k.startswith("eval_")
-                                                          and k not in ("eval_split", "eval_loss", "eval_examples")),
+                                                          and k not in ("eval_split", "eval_loss", "eval_examples", "eval_time_s")),
                      "wall_time_s", "examples_per_sec")
             print(json.dumps({k: summary.get(k) for k in dict.fromkeys(shown)}))
         else:
