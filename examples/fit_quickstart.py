@@ -1,8 +1,8 @@
 """The classic Keras CNN as your own Flax module, trained with one call.
 
   Command:  python examples/fit_quickstart.py
-  Runtime:  1 epoch of MNIST, about 15 s on 2 CPU cores.
-  Expected: test accuracy about 97 %.
+  Runtime:  1 epoch of MNIST (1,563 steps), 28 s on 2 CPU cores shared with a test run.
+  Expected: test accuracy 97.17 % (seed 0), and the first 8 predictions equal their labels.
 """
 
 import flax.linen as nn
