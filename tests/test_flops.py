@@ -287,16 +287,19 @@ def test_bad_input_is_a_one_line_config_error(cfg, shape, kwargs, message):
     assert "\n" not in str(info.value)
 
 
+class Compiled:
+    """A stand-in for a compiled step: cost_analysis() returns (or raises) what it was given."""
+
+    def __init__(self, result):
+        self.result = result
+
+    def cost_analysis(self):
+        if isinstance(self.result, Exception):
+            raise self.result
+        return self.result
+
+
 def test_compiled_flops_reads_every_cost_analysis_shape():
-    class Compiled:
-        def __init__(self, result):
-            self.result = result
-
-        def cost_analysis(self):
-            if isinstance(self.result, Exception):
-                raise self.result
-            return self.result
-
     assert flops.compiled_flops(Compiled({"flops": 7.0})) == 7.0
     assert flops.compiled_flops(Compiled([{"flops": 5.0}])) == 5.0  # JAX before 0.4.30
     assert flops.compiled_flops(Compiled(None)) is None
@@ -523,15 +526,6 @@ def test_xla_flops_of_a_sharded_step_count_every_device(parallel):
 
 
 def test_cost_analysis_flops_reads_every_shape_and_says_why_not():
-    class Compiled:
-        def __init__(self, result):
-            self.result = result
-
-        def cost_analysis(self):
-            if isinstance(self.result, Exception):
-                raise self.result
-            return self.result
-
     assert xla_flops.cost_analysis_flops(Compiled({"flops": 7.0})) == (7.0, None)
     assert xla_flops.cost_analysis_flops(Compiled([{"flops": 5.0}, {"flops": 2.0}])) == (7.0, None)
     for result, why in [(None, "returned nothing"), ([], "returned nothing"),
