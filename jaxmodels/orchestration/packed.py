@@ -56,6 +56,7 @@ from jaxmodels import models
 from jaxmodels.config import Config, OptimizerConfig
 from jaxmodels.errors import UserError
 from jaxmodels.models.interface import as_model
+from jaxmodels.parallel import distributed
 from jaxmodels.training import loop, mup, optim, tasks
 from jaxmodels.training import step as step_lib
 from jaxmodels.training.evaluator import Evaluator
@@ -248,11 +249,9 @@ def evaluate(p: PackedSetup, states: TrainState, split: str, *, periodic: bool =
              ) -> list[dict]:
     """Each model's loss and the objective's metrics over `split`, as `loop.run_eval` measures them: every
     batch is read once and shared by the K models; padded rows carry mask 0."""
-    totals = None
-    for batch in p.task.eval_batches(split, periodic=periodic):
-        out = jax.device_get(p.eval_step(states, batch))  # {name: (sum [K, ...], count [K])}
-        out = jax.tree.map(lambda x: np.asarray(x, np.float64), out)
-        totals = out if totals is None else jax.tree.map(np.add, totals, out)
+    # {name: (sum [K, ...], count [K])}, added on the host as the loop's evaluation does.
+    totals = distributed.sum_on_host(p.eval_step(states, batch)
+                                     for batch in p.task.eval_batches(split, periodic=periodic))
     return [loop.mean_metrics({name: (total[k], float(count[k]))
                                for name, (total, count) in totals.items()})
             for k in range(len(p.variants))]
