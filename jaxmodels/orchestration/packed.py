@@ -52,7 +52,7 @@ import optax
 import tqdm
 
 from jaxmodels import config as config_lib
-from jaxmodels import models
+from jaxmodels import files, models
 from jaxmodels.config import Config, OptimizerConfig
 from jaxmodels.errors import UserError
 from jaxmodels.models.interface import as_model
@@ -258,10 +258,7 @@ def evaluate(p: PackedSetup, states: TrainState, split: str, *, periodic: bool =
 
 
 def _write_json(path: pathlib.Path, obj) -> None:
-    # Write-then-rename, so a crash never leaves a half-written summary.
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
+    files.write_atomic(path, json.dumps(obj, indent=2) + "\n")
 
 
 def train_packed(config: Config, variants: Sequence[Variant],
@@ -308,7 +305,7 @@ def run(p: PackedSetup, workdir: pathlib.Path | None = None, *, progress: bool =
     t_start = time.perf_counter() if t_start is None else t_start
     cfg, k_models = p.config, len(p.variants)
     if workdir is not None:
-        (workdir / "config.json").write_text(config_lib.to_json(cfg) + "\n")
+        files.write_atomic(workdir / "config.json", config_lib.to_json(cfg) + "\n")
         p.task.save(workdir)
 
     streams = [p.task.train_batches(v.seed) for v in p.variants]
@@ -390,8 +387,8 @@ def run(p: PackedSetup, workdir: pathlib.Path | None = None, *, progress: bool =
         })
     if workdir is not None:
         for k in range(k_models):
-            (workdir / f"metrics_{k}.jsonl").write_text(
-                "".join(json.dumps(r) + "\n" for r in logs[k].records))
+            files.write_atomic(
+                workdir / f"metrics_{k}.jsonl", "".join(json.dumps(r) + "\n" for r in logs[k].records))
         _write_json(workdir / "packed_summary.json", summaries)
     best = min(range(k_models), key=lambda k: final[k]["loss"])
     print(f"{cfg.name}: {k_models} models in {packed_info['wall_time_s']:.1f} s (compile "

@@ -51,6 +51,7 @@ import tqdm
 
 from jaxmodels import config as config_lib
 from jaxmodels import data as data_lib
+from jaxmodels import files
 from jaxmodels import models
 from jaxmodels.config import Config
 from jaxmodels.errors import RunStopped, UserError
@@ -293,10 +294,7 @@ def _prepare_workdir(workdir: pathlib.Path) -> None:
 
 
 def _write_json(path: pathlib.Path, obj) -> None:
-    # Write-then-rename, so a crash never leaves a half-written file behind.
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
+    files.write_atomic(path, json.dumps(obj, indent=2) + "\n")
 
 
 class _SignalFlag:
@@ -424,7 +422,9 @@ def _session(s: Setup, ckpt, workdir: pathlib.Path, main: bool, log, t_start: fl
     if ls.data is not None:
         batches.set_state(ls.data)
     if main:
-        (workdir / "config.json").write_text(config_lib.to_json(cfg) + "\n")
+        # Rewritten by every launch, also of a run that has checkpoints: atomic, since a torn
+        # config.json makes `sweep` take the run for another config and `sample` fail.
+        files.write_atomic(workdir / "config.json", config_lib.to_json(cfg) + "\n")
         s.task.save(workdir)
     n_params = count_params(state.params)
     _announce(s, n_params, resumed is None, log)
