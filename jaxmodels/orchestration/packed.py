@@ -31,6 +31,7 @@ Files written to WORKDIR when one is given:
                         config's; each model's own are in the summary)
   metrics_{k}.jsonl     model k's logged steps, in the loop's metrics.jsonl format
   packed_summary.json   the list `train_packed` returns
+  .lock                 held while the sweep runs (training/workdir.py), as by `train`
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ from jaxmodels.models.interface import as_model
 from jaxmodels.parallel import distributed
 from jaxmodels.training import loop, mup, optim, tasks
 from jaxmodels.training import step as step_lib
+from jaxmodels.training import workdir as workdir_lib
 from jaxmodels.training.evaluator import Evaluator
 from jaxmodels.training.metrics_log import MetricsLog
 from jaxmodels.training.periodic import Periodic
@@ -276,13 +278,9 @@ def train_packed(config: Config, variants: Sequence[Variant],
     """
     t_start = time.perf_counter()
     check_variants(variants)  # before anything is created on disk
-    if workdir is not None:
-        workdir = pathlib.Path(workdir)
-        try:
-            workdir.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise UserError(f"workdir {str(workdir)!r} cannot be created ({e.strerror}): pass a "
-                            f"folder you can write to") from None
+    # `run` creates the workdir and takes its lock: after the data loaded, so a dataset error
+    # leaves no empty folder behind.
+    workdir = pathlib.Path(workdir) if workdir is not None else None
     _, summaries = run(setup(config, variants), workdir, progress=progress, t_start=t_start)
     return summaries
 
@@ -295,9 +293,25 @@ def _split(fetched: list, k: int) -> list:
 def run(p: PackedSetup, workdir: pathlib.Path | None = None, *, progress: bool = True,
         t_start: float | None = None) -> tuple[TrainState, list[dict]]:
     """The training loop of `train_packed` over a built setup: returns the final stacked
-    states (leading K axis; `unstack` takes one model out) and the summaries.
+    states (leading K axis; `unstack` takes one model out) and the summaries. The workdir's
+    lock (training/workdir.py) is held throughout, as `train` holds it: a `train`, `eval` or
+    another packed sweep into the same folder meanwhile is a one-line error, and so is this
+    one while another process holds it (before anything is written)."""
+    if workdir is None:
+        return _run(p, None, progress=progress, t_start=t_start)
+    workdir = pathlib.Path(workdir)
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"workdir {str(workdir)!r} cannot be created ({e.strerror}): pass a "
+                        f"folder you can write to") from None
+    with workdir_lib.locked(workdir):
+        return _run(p, workdir, progress=progress, t_start=t_start)
 
-    The loop's own pieces around the vmapped step: one Periodic schedule, one Throughput meter
+
+def _run(p: PackedSetup, workdir: pathlib.Path | None, *, progress: bool,
+         t_start: float | None) -> tuple[TrainState, list[dict]]:
+    """The loop's own pieces around the vmapped step: one Periodic schedule, one Throughput meter
     (the models share every step's time), one Evaluator and one MetricsLog per model, so the
     records are the loop's, first (compiling) step included. Under train.nonfinite=stop a model
     whose loss or gradient goes non-finite stops being logged, and its summary says so under
