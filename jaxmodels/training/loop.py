@@ -23,8 +23,10 @@ Files written to WORKDIR:
 
 SIGTERM or SIGINT during training finishes the current step, saves a checkpoint at it, and stops
 with `RunStopped` (with several processes, all of them one step later, whichever received it:
-parallel/stop_vote.py); a non-finite loss or gradient norm under train.nonfinite=stop stops without
-saving anything after the last good checkpoint.
+parallel/stop_vote.py). Outside the step loop (start-up, the final evaluation, the weights) a
+signal stops the run at the next phase boundary, again on every process; a non-finite loss or
+gradient norm under train.nonfinite=stop stops without saving anything after the last good
+checkpoint.
 """
 
 from __future__ import annotations
