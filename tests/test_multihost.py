@@ -26,6 +26,7 @@ import pytest
 
 import jaxmodels
 from jaxmodels import config as C
+from jaxmodels.accounting import results as results_lib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 MLP = ROOT / "experiments/configs/mlp_mnist.py"
@@ -47,6 +48,7 @@ needs_8 = pytest.mark.skipif(len(jax.devices()) < 8, reason="the reference run n
 DRIVER = """
 import json, sys
 from jaxmodels import config as C
+from jaxmodels.accounting import results as results_lib
 from jaxmodels.parallel import distributed
 from jaxmodels.training import loop
 path, workdir, coordinator, pid, *overrides = sys.argv[1:]
@@ -207,6 +209,51 @@ def test_sigterm_to_one_process_stops_both_at_one_step_and_resumes_exactly(tmp_p
     assert a["resumed_from"] == [steps[0]] and a["step"] == b["step"] == 150
     assert _losses(stopped) == _losses(straight)
     assert _eval(a) == _eval(b)
+
+
+# `jaxmodels train` on process argv[1], which sends itself SIGTERM (a preemption notice to that
+# host only) as the final evaluation starts; the evaluation then runs to its end.
+SIGNAL_AT_FINAL_EVAL = """
+import os, signal, sys
+from jaxmodels import cli
+from jaxmodels.training import evaluator
+final = evaluator.Evaluator.final
+def final_with_notice(self, state):
+    os.kill(os.getpid(), signal.SIGTERM)
+    return final(self, state)
+if sys.argv[1] == sys.argv[-1]:  # this process is the one signalled (its --process-id)
+    evaluator.Evaluator.final = final_with_notice
+sys.exit(cli.main(sys.argv[2:]))
+"""
+
+
+@needs_8
+def test_sigterm_to_one_process_in_the_final_evaluation_stops_both_and_relaunch_finishes(tmp_path):
+    workdir = tmp_path / "run"
+    port = _free_port()
+    procs = [_start(["-c", SIGNAL_AT_FINAL_EVAL, "1", *_cli(MLP, MLP_OVERRIDES, workdir)[2:],
+                     *_flags(port, i)], _env()) for i in range(2)]
+    # Prompt: both end on their own, long before JAX's heartbeat timeout would end a waiting one.
+    results = _finish(procs)
+    for i, (rc, out, err) in enumerate(results):
+        assert rc == 128 + signal.SIGTERM, err[-3000:]
+        # One line says why it stopped, and it is the last (the start-up announcement aside).
+        lines = [x for x in err.splitlines() if x.startswith("jaxmodels: stopped")]
+        assert len(lines) == 1 and err.strip().splitlines()[-1] == lines[0], err[-3000:]
+        assert "Traceback" not in err, err[-3000:]
+        assert lines[0].startswith("jaxmodels: stopped by SIGTERM" + (
+            " (sent to another process)" if i == 0 else "") + " during the final evaluation: "
+            "the checkpoint of step 6 "), lines[0]
+    assert not (workdir / "summary.json").exists() and not (tmp_path / "results.jsonl").exists()
+
+    port = _free_port()
+    for rc, out, err in _finish([_start(_cli(MLP, MLP_OVERRIDES, workdir, *_flags(port, i)), _env())
+                                 for i in range(2)]):
+        assert rc == 0, err[-3000:]
+    summary = json.loads((workdir / "summary.json").read_text())
+    assert summary["step"] == 6 and summary["resumed_from"] == [6]
+    rows = results_lib.read(tmp_path / "results.jsonl")
+    assert [r["run"] for r in rows] == ["run"] and rows[0]["loss"] == summary["eval_loss"]
 
 
 def test_process_settings_come_from_flags_or_environment(monkeypatch):

@@ -10,6 +10,7 @@ and losses to rtol 1e-5 (measured: losses within 3e-7).
 
 import dataclasses
 import json
+import os
 import pathlib
 
 import jax
@@ -19,11 +20,13 @@ import optax
 import pytest
 
 import jaxmodels
+from jaxmodels import cli
 from jaxmodels.config import Config, DataConfig, OptimizerConfig, TrainConfig
 from jaxmodels.errors import UserError
 from jaxmodels.models import BatchNormCNNConfig, MLPConfig, TransformerLMConfig
 from jaxmodels.orchestration import packed
 from jaxmodels.training import checkpoint, loop, optim
+from jaxmodels.training import workdir as workdir_lib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PARAM_RTOL, PARAM_ATOL = 1e-4, 1e-6
@@ -138,6 +141,47 @@ def test_one_compile_each_and_files_written(mlp_sweep):
         records = [json.loads(line) for line in (workdir / f"metrics_{k}.jsonl").read_text().splitlines()]
         assert [r["step"] for r in records] == [10, 15, 20, 30]
         assert records[-1]["loss"] == summaries[k]["train_loss"]
+
+
+class _TrainMeanwhile:
+    """The task of a packed setup whose `save` (the packed run's second write, inside its lock)
+    first launches `jaxmodels train` into the same workdir, then stops the packed run."""
+
+    def __init__(self, task, argv):
+        self._task, self.argv, self.code = task, argv, None
+
+    def __getattr__(self, name):
+        return getattr(self._task, name)
+
+    def save(self, workdir):
+        before = sorted(p.name for p in workdir.iterdir())
+        self.code = cli.main([*self.argv, "--workdir", str(workdir)])
+        assert sorted(p.name for p in workdir.iterdir()) == before  # the train touched nothing
+        raise _Stop
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_packed_run_holds_its_workdir_lock(mlp_sweep, tmp_path, capsys):
+    p, *_ = mlp_sweep
+    mlp = str(ROOT / "experiments/configs/mlp_mnist.py")
+    busy = _TrainMeanwhile(p.task, ["train", mlp, "--tiny", "data.dataset=digits", "train.steps=2"])
+    with pytest.raises(_Stop):
+        packed.run(dataclasses.replace(p, task=busy), tmp_path / "w", progress=False)
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert busy.code == 2 and line.startswith(
+        f"jaxmodels: error: workdir {str(tmp_path / 'w')!r} is in use by process {os.getpid()} "), line
+    assert line.endswith("wait for it or pick another --workdir")
+    # And the other way round: a packed run into a workdir another run holds writes nothing.
+    with workdir_lib.locked(tmp_path / "w"):
+        before = sorted(x.name for x in (tmp_path / "w").iterdir())
+        with pytest.raises(workdir_lib.WorkdirBusy, match="is in use by process"):
+            packed.run(p, tmp_path / "w", progress=False)
+        assert sorted(x.name for x in (tmp_path / "w").iterdir()) == before
+    with workdir_lib.locked(tmp_path / "w"):  # released by the runs that ended, either way
+        pass
 
 
 def test_reported_learning_rates_follow_the_schedule_scaled_per_model(mlp_sweep, tmp_path):

@@ -201,6 +201,24 @@ def test_relaunch_skips_every_finished_run(first_sweep, capsys):
     assert (out / "results.jsonl").read_text() == rows_before  # nothing trained, nothing appended
 
 
+def test_a_moved_sweep_folder_keeps_its_rows_in_the_table_and_the_fit_report(first_sweep, tmp_path, capsys):
+    path, out, first = first_sweep
+    moved = tmp_path / "elsewhere" / "moved"
+    shutil.copytree(out, moved)  # what a move leaves, without taking the module's folder away
+    rows = {r["run"]: r for r in results.read(moved / "results.jsonl")}
+    assert all(r["workdir"] == str(out.absolute() / name) for name, r in rows.items())
+    again = sweep.run_sweep(path, moved)
+    assert [o.status for o in again] == ["skipped"] * 3
+    table = list(csv.DictReader((moved / "sweep.csv").open()))
+    # Matched to the run's row (columns only the row has), not the summary fallback.
+    assert [(r["run"], r["config_hash"], r["git_commit"]) for r in table] == [
+        (n, rows[n]["config_hash"], rows[n]["git_commit"] or "") for n in THREE_NAMES]
+    assert [float(r["tokens"]) for r in table] == [rows[n]["tokens"] for n in THREE_NAMES]
+    # What `jaxmodels fit` and the sweep report about missing or repeated rows: nothing.
+    assert results.audit(results.read(moved / "results.jsonl"), moved / "results.jsonl") == []
+    assert "warning" not in capsys.readouterr().err
+
+
 class FakeTrain:
     """Stands in for `loop.train` where only the sweep's bookkeeping is under test (which runs
     train, in which folder, what a failure does): records each call and leaves what a finished

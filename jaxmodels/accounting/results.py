@@ -23,8 +23,8 @@ file systems that split large appends). A writer killed mid-row leaves a torn la
 next append starts on a fresh line rather than gluing its row onto it, and `read` skips torn
 rows (lines starting with "{" that are not JSON) with a warning.
 
-This module depends only on `jaxmodels.config` (and JAX for the hardware columns), so the
-training loop may call it without the loop depending on the rest of `scaling`.
+This module depends only on `jaxmodels.config` and `jaxmodels.files` (and JAX for the hardware
+columns), so the training loop may call it without the loop depending on the rest of `scaling`.
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ import flax
 import jax
 
 from jaxmodels import config as config_lib
+from jaxmodels import files
 from jaxmodels.errors import UserError
 
 try:
@@ -225,6 +226,8 @@ def append(row_: dict, path: str | os.PathLike, *, once: bool = False) -> bool:
         view = memoryview(data)
         while view:  # a short write is legal; under the lock the rest still follows directly
             view = view[os.write(fd, view):]
+        # The row is the run's only record in the table: on the disk before the run says it is done.
+        os.fsync(fd)
     finally:
         os.close(fd)  # closing releases the lock
     return True
@@ -324,8 +327,4 @@ def to_csv(rows: list[dict], path: str | os.PathLike) -> pathlib.Path:
     writer = csv.DictWriter(buffer, fieldnames=columns, restval="", lineterminator="\n")
     writer.writeheader()
     writer.writerows(flat)
-    path = pathlib.Path(path)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(buffer.getvalue())
-    os.replace(tmp, path)
-    return path
+    return files.write_atomic(path, buffer.getvalue())

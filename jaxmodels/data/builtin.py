@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from jaxmodels import files
 from jaxmodels.config import DataConfig
 from jaxmodels.data.lm import LMBatches, lm_eval_batches, load_lm_data
 from jaxmodels.data.pipeline import TrainBatches, eval_batches
@@ -125,7 +126,8 @@ class LMTask:
                                     seq_len=self.cfg.seq_len, max_windows=limit)
 
     def save(self, workdir: pathlib.Path) -> None:
-        (workdir / TOKENIZER_FILE).write_text(json.dumps(self.tokenizer.to_json()))
+        # Atomic: every launch rewrites it, and `sample` cannot decode with a torn one.
+        files.write_atomic(workdir / TOKENIZER_FILE, json.dumps(self.tokenizer.to_json()))
 
 
 def image_source(cfg: DataConfig) -> ImageTask:

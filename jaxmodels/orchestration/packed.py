@@ -31,6 +31,7 @@ Files written to WORKDIR when one is given:
                         config's; each model's own are in the summary)
   metrics_{k}.jsonl     model k's logged steps, in the loop's metrics.jsonl format
   packed_summary.json   the list `train_packed` returns
+  .lock                 held while the sweep runs (training/workdir.py), as by `train`
 """
 
 from __future__ import annotations
@@ -52,13 +53,14 @@ import optax
 import tqdm
 
 from jaxmodels import config as config_lib
-from jaxmodels import models
+from jaxmodels import files, models
 from jaxmodels.config import Config, OptimizerConfig
 from jaxmodels.errors import UserError
 from jaxmodels.models.interface import as_model
 from jaxmodels.parallel import distributed
 from jaxmodels.training import loop, mup, optim, tasks
 from jaxmodels.training import step as step_lib
+from jaxmodels.training import workdir as workdir_lib
 from jaxmodels.training.evaluator import Evaluator
 from jaxmodels.training.metrics_log import MetricsLog
 from jaxmodels.training.periodic import Periodic
@@ -258,10 +260,7 @@ def evaluate(p: PackedSetup, states: TrainState, split: str, *, periodic: bool =
 
 
 def _write_json(path: pathlib.Path, obj) -> None:
-    # Write-then-rename, so a crash never leaves a half-written summary.
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
+    files.write_atomic(path, json.dumps(obj, indent=2) + "\n")
 
 
 def train_packed(config: Config, variants: Sequence[Variant],
@@ -279,13 +278,9 @@ def train_packed(config: Config, variants: Sequence[Variant],
     """
     t_start = time.perf_counter()
     check_variants(variants)  # before anything is created on disk
-    if workdir is not None:
-        workdir = pathlib.Path(workdir)
-        try:
-            workdir.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise UserError(f"workdir {str(workdir)!r} cannot be created ({e.strerror}): pass a "
-                            f"folder you can write to") from None
+    # `run` creates the workdir and takes its lock: after the data loaded, so a dataset error
+    # leaves no empty folder behind.
+    workdir = pathlib.Path(workdir) if workdir is not None else None
     _, summaries = run(setup(config, variants), workdir, progress=progress, t_start=t_start)
     return summaries
 
@@ -298,9 +293,25 @@ def _split(fetched: list, k: int) -> list:
 def run(p: PackedSetup, workdir: pathlib.Path | None = None, *, progress: bool = True,
         t_start: float | None = None) -> tuple[TrainState, list[dict]]:
     """The training loop of `train_packed` over a built setup: returns the final stacked
-    states (leading K axis; `unstack` takes one model out) and the summaries.
+    states (leading K axis; `unstack` takes one model out) and the summaries. The workdir's
+    lock (training/workdir.py) is held throughout, as `train` holds it: a `train`, `eval` or
+    another packed sweep into the same folder meanwhile is a one-line error, and so is this
+    one while another process holds it (before anything is written)."""
+    if workdir is None:
+        return _run(p, None, progress=progress, t_start=t_start)
+    workdir = pathlib.Path(workdir)
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"workdir {str(workdir)!r} cannot be created ({e.strerror}): pass a "
+                        f"folder you can write to") from None
+    with workdir_lib.locked(workdir):
+        return _run(p, workdir, progress=progress, t_start=t_start)
 
-    The loop's own pieces around the vmapped step: one Periodic schedule, one Throughput meter
+
+def _run(p: PackedSetup, workdir: pathlib.Path | None, *, progress: bool,
+         t_start: float | None) -> tuple[TrainState, list[dict]]:
+    """The loop's own pieces around the vmapped step: one Periodic schedule, one Throughput meter
     (the models share every step's time), one Evaluator and one MetricsLog per model, so the
     records are the loop's, first (compiling) step included. Under train.nonfinite=stop a model
     whose loss or gradient goes non-finite stops being logged, and its summary says so under
@@ -308,7 +319,7 @@ def run(p: PackedSetup, workdir: pathlib.Path | None = None, *, progress: bool =
     t_start = time.perf_counter() if t_start is None else t_start
     cfg, k_models = p.config, len(p.variants)
     if workdir is not None:
-        (workdir / "config.json").write_text(config_lib.to_json(cfg) + "\n")
+        files.write_atomic(workdir / "config.json", config_lib.to_json(cfg) + "\n")
         p.task.save(workdir)
 
     streams = [p.task.train_batches(v.seed) for v in p.variants]
@@ -390,8 +401,8 @@ def run(p: PackedSetup, workdir: pathlib.Path | None = None, *, progress: bool =
         })
     if workdir is not None:
         for k in range(k_models):
-            (workdir / f"metrics_{k}.jsonl").write_text(
-                "".join(json.dumps(r) + "\n" for r in logs[k].records))
+            files.write_atomic(
+                workdir / f"metrics_{k}.jsonl", "".join(json.dumps(r) + "\n" for r in logs[k].records))
         _write_json(workdir / "packed_summary.json", summaries)
     best = min(range(k_models), key=lambda k: final[k]["loss"])
     print(f"{cfg.name}: {k_models} models in {packed_info['wall_time_s']:.1f} s (compile "

@@ -489,8 +489,10 @@ def sweep_rows(outcomes: list[Outcome], workdir: pathlib.Path) -> list[dict]:
                **{k: o.run.values.get(k) for k in swept}}
         stored = _stored_config(o.run.workdir) if o.status != "failed" else None
         digest = results.config_hash(stored) if stored is not None else None
-        here = str(o.run.workdir.absolute())
-        matches = [r for r in table if r.get("workdir") == here and r.get("config_hash") == digest]
+        # By the run's identity beside the table (folder name and config hash), not the absolute
+        # `workdir` a row was written with: a sweep folder moved or copied keeps its matches.
+        key = (o.run.workdir.name, digest)
+        matches = [r for r in table if results.identity(r) == key]
         if matches:
             row |= {k: v for k, v in matches[-1].items() if k not in row and k != "config"}
         elif o.summary is not None:

@@ -23,8 +23,10 @@ Files written to WORKDIR:
 
 SIGTERM or SIGINT during training finishes the current step, saves a checkpoint at it, and stops
 with `RunStopped` (with several processes, all of them one step later, whichever received it:
-parallel/stop_vote.py); a non-finite loss or gradient norm under train.nonfinite=stop stops without
-saving anything after the last good checkpoint.
+parallel/stop_vote.py). Outside the step loop (start-up, the final evaluation, the weights) a
+signal stops the run at the next phase boundary, again on every process; a non-finite loss or
+gradient norm under train.nonfinite=stop stops without saving anything after the last good
+checkpoint.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ import tqdm
 
 from jaxmodels import config as config_lib
 from jaxmodels import data as data_lib
+from jaxmodels import files
 from jaxmodels import models
 from jaxmodels.config import Config
 from jaxmodels.errors import RunStopped, UserError
@@ -293,36 +296,46 @@ def _prepare_workdir(workdir: pathlib.Path) -> None:
 
 
 def _write_json(path: pathlib.Path, obj) -> None:
-    # Write-then-rename, so a crash never leaves a half-written file behind.
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
+    files.write_atomic(path, json.dumps(obj, indent=2) + "\n")
 
 
 class _SignalFlag:
     """Records SIGTERM/SIGINT instead of dying mid-step; the loop stops at the next step boundary.
     A second signal interrupts at once. Handlers exist while `train` runs (start-up, the steps,
     the final evaluation, weights and summary), and only in the main thread (Python allows
-    handlers nowhere else). Re-entrant: an inner `with` of the same flag changes nothing."""
+    handlers nowhere else). Re-entrant: an inner `with` of the same flag changes nothing.
+
+    `vote` (a StopVote over the run's mesh, once there is one) makes every process of a
+    multi-process run act on a signal any of them received: between steps (the loop's pipelined
+    vote) and at each boundary outside the step loop (`stop_if_received`, a blocking vote), so
+    none of them stops alone and leaves the others waiting in the next collective."""
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
     def __init__(self):
         self.received: int | None = None
+        self.vote: stop_vote.StopVote | None = None
         self._previous = {}
         self._depth = 0
 
-    def stop_if_received(self, where: str, step: int | None, directory) -> None:
+    def stop_if_received(self, where: str, step: int | None, directory, *,
+                         every_process: bool = True) -> None:
         """RunStopped (exit 128 + signal) when a signal came in outside the step loop: at
         start-up nothing was trained; in the final phase the last checkpoint is complete and a
-        relaunch only finishes the run (evaluation, weights, summary, results row)."""
-        if self.received is None:
+        relaunch only finishes the run (evaluation, weights, summary, results row).
+        `every_process`: all processes call this here, in the same order, so they vote (a
+        point only process 0 reaches, after the others returned, decides alone)."""
+        agreed = (self.vote.now(self.received) if every_process and self.vote is not None
+                  else self.received)
+        if agreed is None:
             return
-        name = signal.Signals(self.received).name
+        name = signal.Signals(agreed).name
+        if self.received is None:
+            name += " (sent to another process)"
         done = (f"the checkpoint of step {step} in {directory} is complete" if step
                 else "nothing was trained or changed")
         raise RunStopped(f"stopped by {name} {where}: {done}; run the same command to "
-                         f"{'finish' if step else 'start'}", exit_code=128 + self.received)
+                         f"{'finish' if step else 'start'}", exit_code=128 + agreed)
 
     def _handle(self, signum, frame):
         del frame
@@ -359,6 +372,7 @@ def train(config: Config, workdir: str | os.PathLike, *, restart: bool = False,
     with signals:  # from start-up to the summary, a signal ends the run with its one line
         s = setup(config, parts)  # every config and data problem surfaces here, before any file changes
         plan_lib.check_fits(s)  # a step that cannot fit is one line, before any batch or compile
+        signals.vote = stop_vote.StopVote(s.mesh)
         signals.stop_if_received("during start-up", None, None)
         if main:  # [rel] after setup: a missing dataset leaves no empty workdir behind
             _prepare_workdir(workdir)
@@ -424,7 +438,9 @@ def _session(s: Setup, ckpt, workdir: pathlib.Path, main: bool, log, t_start: fl
     if ls.data is not None:
         batches.set_state(ls.data)
     if main:
-        (workdir / "config.json").write_text(config_lib.to_json(cfg) + "\n")
+        # Rewritten by every launch, also of a run that has checkpoints: atomic, since a torn
+        # config.json makes `sweep` take the run for another config and `sample` fail.
+        files.write_atomic(workdir / "config.json", config_lib.to_json(cfg) + "\n")
         s.task.save(workdir)
     n_params = count_params(state.params)
     _announce(s, n_params, resumed is None, log)
@@ -449,6 +465,8 @@ def _train(s: Setup, ckpt: checkpoint.Checkpoints, workdir: pathlib.Path, main: 
            t_start: float, hooks: tuple = (), signals: _SignalFlag | None = None) -> dict:
     cfg = s.config
     signals = signals or _SignalFlag()
+    if signals.vote is None:
+        signals.vote = stop_vote.StopVote(s.mesh)
     se = _session(s, ckpt, workdir, main, log, t_start, hooks)
     signals.stop_if_received("during start-up", None, ckpt.directory)
     state, ls, start_step = se.state, se.ls, se.start_step
@@ -471,7 +489,7 @@ def _train(s: Setup, ckpt: checkpoint.Checkpoints, workdir: pathlib.Path, main: 
                     file=sys.stderr)
     try:
         with signals:
-            vote = stop_vote.StopVote(s.mesh)  # every process stops at the same step
+            vote = signals.vote  # every process stops at the same step
             for step in range(start_step + 1, last + 1):
                 state, metrics = s.train_step(state, distributed.put_batch(next(se.batches), s.batch_sharding))
                 mlog.add(step, metrics)
@@ -522,8 +540,10 @@ def _train(s: Setup, ckpt: checkpoint.Checkpoints, workdir: pathlib.Path, main: 
 def _finish(s: Setup, state, evaluator, mlog, meter, ls, n_params, start_step, workdir, main,
             t_start, signals: _SignalFlag, directory) -> dict:
     """Final evaluation, weights, summary.json, the results row and the curves. A signal in
-    between stops after the phase in flight with one line; every phase is redone by the
-    relaunch, which resumes from the final checkpoint and trains nothing."""
+    between stops after the phase in flight with one line (every process of a multi-process
+    run, whichever received it: they vote after the evaluation and after the weights, which
+    all of them run); every phase is redone by the relaunch, which resumes from the final
+    checkpoint and trains nothing."""
     cfg = s.config
     step = int(jax.device_get(state.step))
     final = evaluator.final(state)
@@ -535,7 +555,7 @@ def _finish(s: Setup, state, evaluator, mlog, meter, ls, n_params, start_step, w
     if not main:
         return summary
     _write_json(workdir / "summary.json", summary)
-    signals.stop_if_received("after writing summary.json", step, directory)
+    signals.stop_if_received("after writing summary.json", step, directory, every_process=False)
     # [rel] every launch that completes the run: record() adds the row only if it is missing
     results.record(cfg, summary, workdir)
     plots.learning_curves(mlog.records, workdir / "curves.png",

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import pathlib
 
 import jax
 import numpy as np
+
+from jaxmodels import files
 
 
 def interval_record(fetched: list, guarded: bool) -> dict:
@@ -67,9 +68,7 @@ class MetricsLog:
         self.path = path
         if path is not None:
             # Rewritten whole, so lines a killed run logged past its checkpoint are dropped.
-            tmp = path.with_suffix(path.suffix + ".tmp")
-            tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
-            os.replace(tmp, path)
+            files.write_atomic(path, "".join(json.dumps(r) + "\n" for r in records))
         self._file = path.open("a") if path is not None else io.StringIO()
 
     def add(self, step: int, metrics) -> None:
