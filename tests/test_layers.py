@@ -13,7 +13,7 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "jaxmodels"
 
 # Lowest first. A module may import its own layer and the layers below it.
 LAYERS = [
-    {"errors", "registry"},
+    {"errors", "registry", "files"},
     {"models"},
     {"config"},
     {"data", "parallel"},
