@@ -330,7 +330,7 @@ def run(p: PackedSetup, workdir: pathlib.Path | None = None, *, progress: bool =
     evaluator = Evaluator(lambda st, split, periodic: evaluate(p, st, split, periodic=periodic),
                           cfg.data.eval_split, meter=meter)
     bar = tqdm.auto.tqdm(total=p.total_steps, disable=not (progress and cfg.train.progress),
-                    unit="step", dynamic_ncols=True, file=sys.stderr)
+                         unit="step", dynamic_ncols=True, file=sys.stderr)
     try:
         for step in range(1, p.total_steps + 1):
             states, metrics = p.train_step(states, stack_batches([next(s) for s in streams]))

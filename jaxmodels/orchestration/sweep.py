@@ -430,7 +430,7 @@ def run_sweep(path: str | os.PathLike, workdir: str | os.PathLike | None = None,
 
     bar_file = sys.stderr
     bar = tqdm.auto.tqdm(total=len(planned), initial=len(outcomes), unit="run", desc="sweep",
-                    dynamic_ncols=True, file=bar_file)
+                         dynamic_ncols=True, file=bar_file)
 
     def report(outcome: Outcome | None) -> None:
         if outcome is None:  # never started: the sweep is stopping

@@ -469,8 +469,8 @@ def _train(s: Setup, ckpt: checkpoint.Checkpoints, workdir: pathlib.Path, main: 
     # A run a hook stopped stays stopped: relaunching it only evaluates.
     last = start_step if ls.stopped else s.total_steps
     bar = tqdm.auto.tqdm(total=s.total_steps, initial=start_step,
-                    disable=not (cfg.train.progress and main), unit="step", dynamic_ncols=True,
-                    file=sys.stderr)
+                         disable=not (cfg.train.progress and main), unit="step",
+                         dynamic_ncols=True, file=sys.stderr)
     try:
         with signals:
             vote = stop_vote.StopVote(s.mesh)  # every process stops at the same step
