@@ -27,6 +27,7 @@ _LAZY = {
     "DataSource": "jaxmodels.data.source", "BatchStream": "jaxmodels.data.source",
     "from_arrays": "jaxmodels.data.arrays", "from_generator": "jaxmodels.data.generator",
     "from_grain": "jaxmodels.data.grain_source",
+    "plot_curves": "jaxmodels.training.plots",
 }
 
 
@@ -74,6 +75,26 @@ def predict(source, inputs, **kwargs):
     return api.predict(source, inputs, **kwargs)
 
 
+def sample(workdir, prompt: str, *, max_new_tokens: int = 200, temperature: float = 1.0,
+           top_k: int = 0, top_p: float = 1.0, seed: int = 0) -> str:
+    """`prompt` and its continuation by the language model trained in `workdir` (what
+    `jaxmodels sample` prints). Temperature 0 is greedy; top_k 0 and top_p 1 filter nothing."""
+    from jaxmodels import generate
+
+    return generate.generate_text(workdir, prompt, max_new_tokens=max_new_tokens,
+                                  temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+
+
+def plan(config: Config, *, compile_step: bool = True):
+    """Per-device memory of one training step of `config` on the visible devices, and where
+    each parameter goes (`jaxmodels plan`; see training/plan.py). Nothing is allocated:
+    `.describe()` is the table, `.param_specs` maps each parameter to (shape, PartitionSpec),
+    `.total` is the bytes to compare with a device's memory."""
+    from jaxmodels.training import plan as plan_lib
+
+    return plan_lib.plan(config, compile_step=compile_step)
+
+
 def evaluate(config: Config, workdir, split: str | None = None) -> dict:
     """Evaluates the weights saved by a training run in `workdir`."""
     from jaxmodels.training import loop
@@ -88,4 +109,4 @@ __all__ = ["Config", "DataConfig", "ObjectiveConfig", "OptimizerConfig", "TrainC
            "register_objective", "objectives", "Objective", "TrainState", "make_train_step",
            "make_eval_step", "fit", "predict", "from_arrays", "from_generator", "from_grain",
            "DataSource", "BatchStream", "hooks", "Hook", "Stop", "EarlyStopping", "CSVLogger",
-           "SavePredictions", "Parts"]
+           "SavePredictions", "Parts", "plot_curves", "sample", "plan"]

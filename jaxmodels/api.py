@@ -186,14 +186,25 @@ def fit(model, data, *, loss="cross_entropy", optimizer="adam", learning_rate: f
         raise ConfigError("workdir='' is empty: pass a folder, e.g. workdir='runs/x'")
     parts = loop.Parts(model=net, data=source, objective=given_loss, optimizer=given_tx)
     _FITTED[str(workdir.absolute())] = net
-    if (workdir / "summary.json").is_file() and not restart:
-        print(f"{name}: {str(workdir)!r} already holds this finished run; nothing to train "
-              f"(restart=True trains it again)", file=sys.stderr)
+    finished_at = None if restart else _finished_step(workdir)
     summary = loop.train(config, workdir, restart=restart, parts=parts, **_hooks(hooks))
+    # Said after the loop accepted the call: a changed call into a finished run is refused
+    # there instead, and more steps continue it.
+    if finished_at is not None and summary.get("step") == finished_at:
+        print(f"{name}: {str(workdir)!r} already holds this finished run; nothing was trained "
+              f"(restart=True trains it again)", file=sys.stderr)
     if on_train:
         summary = {**summary, "eval_note": "no validation_data: eval_* and val_* are measured on "
                                            "the training data"}
     return summary
+
+
+def _finished_step(workdir: pathlib.Path) -> int | None:
+    """The step of the finished run whose summary.json is in `workdir`, if any."""
+    try:
+        return int(json.loads((workdir / "summary.json").read_text())["step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def _hooks(hooks) -> dict:

@@ -14,6 +14,7 @@ Shape names (the package glossary in jaxmodels/models/__init__.py): B batch; T s
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import pathlib
@@ -114,6 +115,14 @@ def make_generate(model: nn.Module, *, buffer_len: int, context: int | None) -> 
     return jax.jit(generate)
 
 
+@functools.lru_cache(maxsize=16)
+def _generator(model_config, buffer_len: int, context: int | None) -> Callable:
+    """`make_generate` for a model config (a frozen dataclass), kept: a notebook sampling the
+    same model again, with any prompt or settings in the same length bucket, reuses the
+    compiled program instead of tracing a new function."""
+    return make_generate(models.build(model_config), buffer_len=buffer_len, context=context)
+
+
 def context_limit(model_config) -> int | None:
     """The longest sequence a model attends over at once (None: unbounded, as for RNNs)."""
     return getattr(model_config, "max_len", None)
@@ -196,7 +205,11 @@ def generate_text(workdir, prompt: str, *, max_new_tokens: int = 200, temperatur
     variables = checkpoint.restore_weights(workdir, {"params": params, "model_state": dict(abstract)})
     variables = {"params": variables["params"], **variables["model_state"]}
 
-    generate = make_generate(model, buffer_len=buffer, context=context)
+    try:
+        hash(cfg.model)
+        generate = _generator(cfg.model, buffer, context)
+    except TypeError:  # a registered config with unhashable fields: built afresh each call
+        generate = make_generate(model, buffer_len=buffer, context=context)
     prompt_1xS = jnp.zeros((1, buffer), jnp.int32).at[0, :len(prompt_ids)].set(jnp.asarray(prompt_ids))
     tokens = generate(variables, prompt_1xS, jnp.int32(len(prompt_ids)), jnp.int32(max_new_tokens),
                       jax.random.key(seed), jnp.float32(temperature), jnp.int32(top_k),

@@ -3,11 +3,13 @@
 # needs, offline data included. A second run reuses what is there.
 #   scripts/setup.sh          package + data
 #   scripts/setup.sh --dev    the same plus the test tools
+#   scripts/setup.sh --notebooks   the same plus JupyterLab (notebooks/)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 extras="data"
 [[ "${1:-}" == "--dev" ]] && extras="data,dev"
+[[ "${1:-}" == "--notebooks" ]] && extras="data,notebooks"
 
 python="${PYTHON:-python3}"
 if [[ ! -x .venv/bin/python ]]; then

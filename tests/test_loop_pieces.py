@@ -88,6 +88,26 @@ def test_curves_have_a_panel_per_objective_metric_and_its_loss_label():
     assert [ax.get_title() for ax in with_acc.axes] == ["loss", "accuracy", "learning rate"]
 
 
+def test_plot_curves_redraws_a_workdir_inline(tmp_path):
+    import json
+
+    import jaxmodels
+    from jaxmodels.errors import UserError
+
+    with pytest.raises(UserError, match="no logged steps"):
+        jaxmodels.plot_curves(tmp_path)
+    records = [{"step": 10, "loss": 2.0, "accuracy": 0.3, "learning_rate": 1e-3},
+               {"step": 20, "loss": 1.0, "accuracy": 0.6, "val_loss": 1.2, "val_accuracy": 0.5}]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records) + '{"step": 3')
+    (tmp_path / "summary.json").write_text(json.dumps({"name": "run_x", "objective": "cross_entropy"}))
+    fig = jaxmodels.plot_curves(tmp_path)  # the torn last line (a killed writer) is skipped
+    assert [ax.get_title() for ax in fig.axes] == ["loss", "accuracy", "learning rate"]
+    assert fig.axes[0].get_ylabel() == "cross_entropy loss" and fig.texts[0].get_text() == "run_x"
+    assert list(fig.axes[1].lines[1].get_xdata()) == [20]  # validation accuracy, at step 20
+    # Shown as an image when it is a cell's value, with or without pyplot.
+    assert fig._repr_png_().startswith(b"\x89PNG")
+
+
 class Regressor(nn.Module):
     """A user model the FLOP formulas do not know: the digit's class as a number."""
 

@@ -276,14 +276,18 @@ def test_wrong_module_signature_and_unknown_things_are_one_line(tmp_path):
     assert not (tmp_path / "config.json").exists()
 
 
-def test_rerun_with_changed_settings_into_a_finished_workdir_is_refused(uninterrupted, tmp_path):
+def test_rerun_with_changed_settings_into_a_finished_workdir_is_refused(uninterrupted, tmp_path, capsys):
     workdir, summary = uninterrupted["linen"]
-    # The same call again: nothing to train, the same numbers back.
+    # The same call again: nothing to train, the same numbers back, and fit says so.
+    capsys.readouterr()
     again = jaxmodels.fit(MODELS["linen"](), TRAIN, validation_data=VAL, workdir=workdir, **FIT)
     assert again["eval_loss"] == summary["eval_loss"] and again["step"] == FIT["steps"]
+    assert "already holds this finished run; nothing was trained" in capsys.readouterr().err
     with pytest.raises(UserError, match=r"finished all 24 steps with other settings \(optimizer.learning_rate"):
         jaxmodels.fit(MODELS["linen"](), TRAIN, validation_data=VAL, workdir=workdir,
                       **{**FIT, "learning_rate": 3e-3})
+    # Refused, so not also told it was "this finished run".
+    assert "already holds this finished run" not in capsys.readouterr().err
     fresh = jaxmodels.fit(MODELS["linen"](), TRAIN, validation_data=VAL, workdir=workdir,
                           restart=True, **{**FIT, "learning_rate": 3e-3})
     assert fresh["step"] == FIT["steps"] and fresh["eval_loss"] != summary["eval_loss"]

@@ -485,3 +485,20 @@ def test_default_rule(shape, preset, mesh, want):
     mesh_shape = {"data": 1, "fsdp": 1, "tensor": 1, **mesh}
     nbytes = int(np.prod(shape)) * 4
     assert rules.default_spec(shape, nbytes, preset, mesh_shape) == want
+
+
+def test_presets_degrade_to_the_devices_present_and_say_so():
+    # The free Colab TPU is one chip: a preset's own sizes shrink to what the devices allow
+    # (an explicit size never does), and the start-up line and plan say what was lost.
+    shape = lambda n, **kw: mesh_lib.mesh_shape(ParallelConfig(**kw), n)  # noqa: E731
+    assert shape(1, preset="fsdp_tensor") == {"data": 1, "fsdp": 1, "tensor": 1}
+    assert shape(2, preset="fsdp_tensor") == {"data": 1, "fsdp": 1, "tensor": 2}
+    assert shape(3, preset="fsdp_tensor") == {"data": 1, "fsdp": 3, "tensor": 1}
+    assert mesh_lib.degraded("fsdp_tensor", shape(3, preset="fsdp_tensor")) == "the preset's tensor=2 is tensor=1 here"
+    assert "shards nothing" in mesh_lib.degraded("fsdp", shape(1, preset="fsdp"))
+    assert mesh_lib.degraded("fsdp_tensor", shape(8, preset="fsdp_tensor")) is None
+    assert mesh_lib.degraded("data", shape(1)) is None
+    with pytest.raises(UserError, match="cannot fill 1 devices"):
+        shape(1, preset="fsdp_tensor", tensor=2)
+    mesh = mesh_lib.make_mesh(ParallelConfig(preset="fsdp_tensor", devices=1))
+    assert dict(mesh.shape) == {"data": 1, "fsdp": 1, "tensor": 1}

@@ -37,6 +37,11 @@ def test_plan_shards_with_fsdp_and_reads_xla_memory_analysis(capsys):
                                                        MLP[2:] + ["parallel.preset=fsdp"]),
                          compile_step=False)
     assert fsdp.params < data.params / 4 and fsdp.opt_state < data.opt_state / 4
+    # Where each parameter goes: replicated under data, the kernels split over fsdp under fsdp.
+    assert set(data.param_specs) == set(fsdp.param_specs) and len(data.param_specs) >= 4
+    assert all(tuple(spec) == () for _, spec in data.param_specs.values())
+    kernels = {name: spec for name, (shape, spec) in fsdp.param_specs.items() if name.endswith("kernel")}
+    assert kernels and all("fsdp" in tuple(spec) for spec in kernels.values()), kernels
     assert data.activations > 0
     assert data.xla is not None and data.xla_total > 0
     assert cli.main(["plan", *MLP, "--no-compile", "--device-memory", "1KiB"]) == 2

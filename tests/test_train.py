@@ -187,3 +187,19 @@ def test_row_mnist_rnn_classifier_beats_chance(tmp_path):
     config = C.load(ROOT / "experiments/configs/lstm_row_mnist.py", tiny=True)
     summary = jaxmodels.train(config, tmp_path)
     assert summary["eval_accuracy"] > 0.3 and summary["eval_examples"] == 10_000
+
+
+def test_sampling_again_reuses_the_compiled_program(lstm_lm_run):
+    # A notebook samples one model many times: the second call with other settings and another
+    # prompt (same length bucket) must not trace a new program, and must still obey them.
+    from jaxmodels import generate
+
+    _, workdir, _ = lstm_lm_run
+    generate._generator.cache_clear()
+    greedy = jaxmodels.sample(workdir, "ROMEO:", max_new_tokens=30, temperature=0.0)
+    top1 = jaxmodels.sample(workdir, "ROMEO:", max_new_tokens=30, temperature=1.0, top_k=1, seed=5)
+    other = jaxmodels.sample(workdir, "JULIET:", max_new_tokens=30, temperature=0.9, seed=1)
+    info = generate._generator.cache_info()
+    assert (info.misses, info.hits) == (1, 2)
+    assert top1 == greedy  # keeping only the likeliest token is greedy at any temperature
+    assert other.startswith("JULIET:") and len(other) == len("JULIET:") + 30

@@ -50,7 +50,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import tqdm
+# tqdm.auto: a widget inside Jupyter and Colab (one updating bar, not a stream of \r chunks),
+# the plain text bar everywhere else, so the command line's output is unchanged.
+import tqdm.auto
 
 from jaxmodels import config as config_lib
 from jaxmodels import files, models
@@ -338,8 +340,8 @@ def _run(p: PackedSetup, workdir: pathlib.Path | None, *, progress: bool,
     when = Periodic.from_config(cfg, p.total_steps, p.steps_per_epoch)
     evaluator = Evaluator(lambda st, split, periodic: evaluate(p, st, split, periodic=periodic),
                           cfg.data.eval_split, meter=meter)
-    bar = tqdm.tqdm(total=p.total_steps, disable=not (progress and cfg.train.progress),
-                    unit="step", dynamic_ncols=True, file=sys.stderr)
+    bar = tqdm.auto.tqdm(total=p.total_steps, disable=not (progress and cfg.train.progress),
+                         unit="step", dynamic_ncols=True, file=sys.stderr)
     try:
         for step in range(1, p.total_steps + 1):
             states, metrics = p.train_step(states, stack_batches([next(s) for s in streams]))

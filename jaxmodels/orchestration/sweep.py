@@ -63,7 +63,9 @@ import traceback
 from collections.abc import Mapping, Sequence
 from typing import Literal
 
-import tqdm
+# tqdm.auto: a widget inside Jupyter and Colab (one updating bar, not a stream of \r chunks),
+# the plain text bar everywhere else, so the command line's output is unchanged.
+import tqdm.auto
 import tqdm.contrib
 
 from jaxmodels import config as config_lib
@@ -427,8 +429,8 @@ def run_sweep(path: str | os.PathLike, workdir: str | os.PathLike | None = None,
         todo.append(run)
 
     bar_file = sys.stderr
-    bar = tqdm.tqdm(total=len(planned), initial=len(outcomes), unit="run", desc="sweep",
-                    dynamic_ncols=True, file=bar_file)
+    bar = tqdm.auto.tqdm(total=len(planned), initial=len(outcomes), unit="run", desc="sweep",
+                         dynamic_ncols=True, file=bar_file)
 
     def report(outcome: Outcome | None) -> None:
         if outcome is None:  # never started: the sweep is stopping

@@ -30,7 +30,7 @@ def mesh_shape(cfg: ParallelConfig, num_devices: int) -> dict[str, int]:
     """Axis sizes for `num_devices` devices: the preset's defaults, overridden by the config's
     explicit sizes, with one -1 resolved. Raises a one-line UserError when they cannot fit."""
     explicit = {a: getattr(cfg, a) for a in MESH_AXES if getattr(cfg, a) is not None}
-    shape = {**PRESET_SHAPES[cfg.preset], **explicit}
+    shape = {**_preset_sizes(cfg.preset, num_devices, explicit), **explicit}
     if -1 in explicit.values():
         # The user's -1 wins over the preset's.
         shape = {a: (1 if v == -1 and a not in explicit else v) for a, v in shape.items()}
@@ -51,6 +51,28 @@ def mesh_shape(cfg: ParallelConfig, num_devices: int) -> dict[str, int]:
             f"mesh {_fmt(shape)} needs {fixed} devices but {num_devices} are available ({sizes}): "
             f"make the product of parallel.data/fsdp/tensor {num_devices}, or set one of them to -1")
     return shape
+
+
+def _preset_sizes(preset: str, num_devices: int, explicit: dict[str, int]) -> dict[str, int]:
+    """The preset's default sizes, its fixed ones shrunk to what `num_devices` allows
+    (fsdp_tensor's tensor=2 is tensor=1 on one device, the free Colab TPU). A size the user
+    set is never shrunk: it fits or is an error."""
+    fixed = math.prod(v for a, v in explicit.items() if v != -1)
+    room = num_devices // fixed if fixed and num_devices % fixed == 0 else num_devices
+    return {a: math.gcd(v, room) if v > 1 else v for a, v in PRESET_SHAPES[preset].items()}
+
+
+def degraded(preset: str, shape: dict[str, int]) -> str | None:
+    """What the preset could not do on this mesh, in words, or None: the start-up line and
+    `plan` say so rather than leave a user wondering why nothing was sharded."""
+    if preset == "data":
+        return None
+    wanted = {a: v for a, v in PRESET_SHAPES[preset].items() if v > 1 and shape[a] < v}
+    notes = [f"the preset's {a}={v} is {a}={shape[a]} here" for a, v in wanted.items()]
+    if shape["fsdp"] * shape["tensor"] == 1:
+        notes.append(f"on {math.prod(shape.values())} device(s) preset {preset} shards nothing "
+                     f"(fsdp=1, tensor=1): every device holds every parameter")
+    return "; ".join(notes) or None
 
 
 def _fmt(shape: dict[str, int]) -> str:

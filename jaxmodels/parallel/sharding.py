@@ -22,6 +22,7 @@ import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from jaxmodels.errors import ConfigError
+from jaxmodels.parallel import mesh as mesh_lib
 from jaxmodels.parallel import rules as rules_lib
 
 # Presets under which parameters are expected to be split, hence where a large replicated
@@ -61,6 +62,9 @@ class Report:
                 f"{self.opt_state_bytes / mib:.2f} MiB; parameters split by name "
                 f"{_count(self.by_name)}, by the default rule {_count(self.by_default)}, "
                 f"replicated {_count(self.replicated)}")
+        note = mesh_lib.degraded(self.preset, self.mesh_shape)
+        if note:
+            line += f"; note: {note}"
         if self.unnamed and self.preset in SHARDING_PRESETS:
             line += (f"; {self.unnamed} parameter(s) name no logical axes (default rule: largest "
                      f"divisible dimension, see jaxmodels/parallel/rules.py); to place them by "

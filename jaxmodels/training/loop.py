@@ -49,7 +49,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import tqdm
+# tqdm.auto: a widget inside Jupyter and Colab (one updating bar, not a stream of \r chunks),
+# the plain text bar everywhere else, so the command line's output is unchanged.
+import tqdm.auto
 
 from jaxmodels import config as config_lib
 from jaxmodels import data as data_lib
@@ -484,9 +486,9 @@ def _train(s: Setup, ckpt: checkpoint.Checkpoints, workdir: pathlib.Path, main: 
 
     # A run a hook stopped stays stopped: relaunching it only evaluates.
     last = start_step if ls.stopped else s.total_steps
-    bar = tqdm.tqdm(total=s.total_steps, initial=start_step,
-                    disable=not (cfg.train.progress and main), unit="step", dynamic_ncols=True,
-                    file=sys.stderr)
+    bar = tqdm.auto.tqdm(total=s.total_steps, initial=start_step,
+                         disable=not (cfg.train.progress and main), unit="step",
+                         dynamic_ncols=True, file=sys.stderr)
     try:
         with signals:
             vote = signals.vote  # every process stops at the same step

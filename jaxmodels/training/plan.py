@@ -53,6 +53,10 @@ class Plan:
     grads: int
     activations: int
     xla: dict | None  # memory_analysis() fields per device, when the backend gives them
+    # Where each parameter goes: {"Dense_0/kernel": ((64, 128), PartitionSpec(None, "fsdp"))};
+    # optimizer state and gradients follow their parameter.
+    param_specs: dict = dataclasses.field(default_factory=dict)
+    preset: str | None = None
 
     @property
     def analytic_total(self) -> int:
@@ -88,7 +92,8 @@ class Plan:
 
     def describe(self) -> str:
         mesh = " x ".join(f"{a}={n}" for a, n in self.mesh_shape.items())
-        lines = [f"per device on mesh {mesh}:",
+        note = mesh_lib.degraded(self.preset, self.mesh_shape) if self.preset else None
+        lines = [f"per device on mesh {mesh}" + (f" ({note})" if note else "") + ":",
                  f"  params       {_gib(self.params):>10}",
                  f"  optimizer    {_gib(self.opt_state):>10}",
                  f"  gradients    {_gib(self.grads):>10}",
@@ -140,7 +145,19 @@ def plan(config: Config, *, compile_step: bool = True) -> Plan:
                    ("argument_size_in_bytes", "output_size_in_bytes", "alias_size_in_bytes",
                     "temp_size_in_bytes")}
     return Plan(dict(s.mesh.shape), r.params_bytes_per_device, r.opt_state_bytes_per_device,
-                r.params_bytes_per_device, activations, xla)
+                r.params_bytes_per_device, activations, xla,
+                param_specs=_param_specs(state_shapes.params, s.state_sharding.params),
+                preset=cfg.parallel.preset)
+
+
+def _param_specs(shapes, shardings) -> dict:
+    """{"path/to/param": (shape, PartitionSpec)} in the parameter tree's order."""
+    out = {}
+    flat, _ = jax.tree_util.tree_flatten_with_path(shapes)
+    for (path, x), sharding in zip(flat, jax.tree.leaves(shardings), strict=True):
+        name = "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+        out[name] = (tuple(x.shape), sharding.spec)
+    return out
 
 
 def check_budget(p: Plan, budget: int) -> None:
