@@ -135,9 +135,10 @@ def _steps(s, n: int):
     return losses, first, rest, state
 
 
-def run_model(name: str, smoke: bool, batch: int) -> dict:
+def run_model(name: str, smoke: bool, batch: int | None, scan_layers: bool = False) -> dict:
     import jax
 
+    import jaxmodels
     from jaxmodels.accounting import flops as flops_lib
     from jaxmodels.accounting import hardware
 
@@ -146,6 +147,8 @@ def run_model(name: str, smoke: bool, batch: int) -> dict:
     impl, why = probe_cudnn()
     dtype = "bfloat16"
     cfg = _config(model, sizes["seq_len"], sizes["vocab"], sizes["batch"], sizes["steps"], dtype, impl)
+    if scan_layers:  # one compiled block scanned over depth: a faster compile
+        cfg = jaxmodels.apply_overrides(cfg, ["model.scan_layers=true"])
     s = _setup(cfg, _source(sizes["seq_len"], sizes["vocab"], sizes["batch"], 4 * sizes["batch"]))
     losses, first, rest, state = _steps(s, sizes["steps"])
     tokens = (sizes["steps"] - 1) * sizes["batch"] * sizes["seq_len"]
@@ -157,16 +160,19 @@ def run_model(name: str, smoke: bool, batch: int) -> dict:
     stats = _device_stats(device)
     batch_shapes = {k: jax.ShapeDtypeStruct(v.shape, v.dtype)
                     for k, v in next(s.task.train_batches(0)).items()}
+    t0 = time.perf_counter()  # jit's cache holds the step: this should take milliseconds
     compiled = s.train_step.lower(jax.eval_shape(s.init_fn), batch_shapes).compile()
+    analysis_s = time.perf_counter() - t0
     return {"model": name, "params": acc.params, "layers": model["num_layers"],
             "width": model["d_model"], "heads": model["num_heads"], "seq_len": sizes["seq_len"],
             "batch": sizes["batch"], "vocab": sizes["vocab"], "dtype": dtype,
             "param_dtype": "float32", "attention": impl or "xla", "attention_note": why,
-            "steps": sizes["steps"], "tokens_per_s": rate, "compile_s": first,
+            "scan_layers": scan_layers, "steps": sizes["steps"], "tokens_per_s": rate, "compile_s": first,
             "flops_per_token": acc.model_flops_per_example / sizes["seq_len"],
             "mfu": mfu, "peak": peak.name if peak else None,
             "peak_flops_per_s": peak.flops_per_s if peak else None,
             "peak_bytes_in_use_mb": stats, "xla_step_memory_mb": _memory_mb(compiled),
+            "memory_analysis_s": analysis_s,
             "losses": [losses[0], losses[-1]], "device": str(device),
             "device_kind": device.device_kind}
 
@@ -231,8 +237,10 @@ def main(argv=None) -> int:
     p.add_argument("--only", default="124m,350m", help="comma-separated models of 124m, 350m")
     p.add_argument("--batch", type=int, default=None,
                    help=f"windows of 1024 tokens per step (default {BATCH})")
+    p.add_argument("--scan-layers", action="store_true",
+                   help="scan one compiled block over depth (faster compile, maybe slower steps)")
     p.add_argument("--json", default=None, help="write the report here (default: runs/benchmarks/gpu[_smoke].json)")
-    p.add_argument("--timeout", type=float, default=180.0,
+    p.add_argument("--timeout", type=float, default=240.0,
                    help="seconds one model's run may take (each half of the check: half that)")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)  # model NAME or "check"
     args = p.parse_args(argv)
@@ -244,7 +252,8 @@ def main(argv=None) -> int:
         p.error(f"--batch {args.batch}: must be at least 1")
 
     if args.child is not None:
-        out = run_check(args.smoke) if args.child == "check" else run_model(args.child, args.smoke, args.batch)
+        out = (run_check(args.smoke) if args.child == "check"
+               else run_model(args.child, args.smoke, args.batch, args.scan_layers))
         print("RESULT " + json.dumps(out), flush=True)
         return 0
 
@@ -255,6 +264,7 @@ def main(argv=None) -> int:
     env["XLA_FLAGS"] = " ".join(f for f in env.get("XLA_FLAGS", "").split()
                                 if "force_host_platform_device_count" not in f)
     flags = ["--smoke"] if args.smoke else ["--batch", str(args.batch)] if args.batch else []
+    flags += ["--scan-layers"] if args.scan_layers else []
     if args.smoke:
         # Seconds, not minutes: the model run and the device side of the check run in this
         # process (on CPU); only the CPU reference is a child, as on a GPU machine. A shared
@@ -265,7 +275,7 @@ def main(argv=None) -> int:
         os.environ.update(XLA_FLAGS=env["XLA_FLAGS"], JAX_PLATFORMS="cpu",
                           JAX_COMPILATION_CACHE_DIR=os.path.join(tmp, "jax_cache"))
         env.update(JAX_COMPILATION_CACHE_DIR=os.environ["JAX_COMPILATION_CACHE_DIR"])
-        models = [run_model(names[0], True, None)]
+        models = [run_model(names[0], True, None, args.scan_layers)]
         device_check = run_check(True)
     else:
         # Each model in its own process: peak device memory is its own, and this process never

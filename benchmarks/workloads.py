@@ -22,7 +22,9 @@ class Workload:
     family: str  # "cnn", "gpt", "lstm" or "vit": which peer model rebuilds it
     experiment: str  # file under experiments/configs
     shape: dict  # model and batch sizes, shared by every implementation
-    steps: dict  # {"full": n, "quick": n, "smoke": n}, first (compiling) step included
+    # {"full": n, "quick": n, "smoke": n}, the first (compiling) step included: sized so that a
+    # run's timed steps take 5-20 s on 2 cores (the whole suite then fits in 25 minutes).
+    steps: dict
     peers: tuple[str, ...]  # implementations beside jaxmodels
     note: str = ""
 
@@ -69,28 +71,28 @@ _TORCH = ("torch", "torch.compile")
 
 WORKLOADS: dict[str, Workload] = {w.name: w for w in (
     Workload("cnn", "cnn", "seed_cnn_mnist.py", {"batch": 32, "filters": 32, "warmup": 500},
-             {"full": 1500, "quick": 400, "smoke": 3}, ("flax", *_TORCH, "keras"),
+             {"full": 800, "quick": 300, "smoke": 3}, ("flax", *_TORCH, "keras"),
              "seed CNN (conv 3x3/32, max-pool, dense 10), Adam, batch 32"),
     Workload("gpt_6l", "gpt", "gpt_shakespeare.py",
              {"batch": 16, "seq_len": 256, "layers": 6, "width": 384, "heads": 6},
-             {"full": 40, "quick": 12, "smoke": 3}, ("flax", *_TORCH),
+             {"full": 8, "quick": 4, "smoke": 3}, ("flax", *_TORCH),
              "GPT 6L/384D/6H, ctx 256, batch 16, learned positions, tied embeddings, vocab 65"),
     Workload("gpt_4l", "gpt", "gpt_shakespeare.py",
              {"batch": 12, "seq_len": 64, "layers": 4, "width": 128, "heads": 4},
-             {"full": 600, "quick": 150, "smoke": 3}, ("flax", *_TORCH),
+             {"full": 200, "quick": 60, "smoke": 3}, ("flax", *_TORCH),
              "GPT 4L/128D/4H, ctx 64, batch 12, learned positions, tied embeddings, vocab 65"),
     Workload("lstm", "lstm", "lstm_shakespeare.py",
              {"batch": 32, "seq_len": 64, "hidden": 256, "embed": 64},
-             {"full": 300, "quick": 80, "smoke": 3}, ("flax", *_TORCH),
+             {"full": 120, "quick": 40, "smoke": 3}, ("flax", *_TORCH),
              "LSTM 1x256 (embedding 64), ctx 64, batch 32, vocab 65"),
     Workload("vit", "vit", "vit_mnist.py",
              {"batch": 128, "layers": 4, "width": 64, "heads": 4, "ff": 128, "patch": 4,
               "warmup": 300},
-             {"full": 60, "quick": 16, "smoke": 3}, ("flax", *_TORCH),
+             {"full": 40, "quick": 12, "smoke": 3}, ("flax", *_TORCH),
              "ViT 4x4 patches, 4 layers x 64 (MLP 128), mean pool, MNIST, batch 128"),
     Workload("gpt2_small", "gpt", "gpt_shakespeare.py",
              {"batch": 4, "seq_len": 256, "layers": 12, "width": 768, "heads": 12},
-             {"full": 5, "quick": 3, "smoke": 3}, ("flax", "torch"),
+             {"full": 4, "quick": 3, "smoke": 3}, ("flax", "torch"),
              "GPT-2-small shape: 12L/768D/12H, ctx 256, batch 4, vocab 65 (85M parameters); "
              "few steps; torch.compile left out (its CPU compile of this graph alone exceeds the "
              "suite's budget)"),

@@ -53,7 +53,7 @@ def test_run_smoke_writes_a_consistent_report(tmp_path):
     out = tmp_path / "smoke.json"
     p = _run([os.path.join(BENCH, "run.py"), "--smoke", "--json", str(out)], tmp_path)
     report = json.loads(out.read_text())
-    assert report["schema"] == "jaxmodels-bench/1" and report["mode"] == "smoke"
+    assert report["schema"] == "jaxmodels-bench/1" and report["mode"] == "smoke" and report["complete"]
     assert report["repeats"] == 1 and list(report["workloads"]) == ["cnn"]
     wl = report["workloads"]["cnn"]
     results = wl["results"]
