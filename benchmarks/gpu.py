@@ -142,6 +142,10 @@ def run_model(name: str, smoke: bool, batch: int | None, scan_layers: bool = Fal
     from jaxmodels.accounting import flops as flops_lib
     from jaxmodels.accounting import hardware
 
+    if not smoke and jax.default_backend() != "gpu":
+        # A 124M model on CPU would only run into the timeout.
+        return {"model": name, "error": f"JAX sees no GPU (backend {jax.default_backend()}): install "
+                                        f"jax[cuda12] (pip install -e .[cuda]) or run with --smoke"}
     sizes = SMOKE if smoke else {**FULL, "batch": batch or BATCH[name]}
     model = SMOKE_MODEL if smoke else MODELS[name]
     impl, why = probe_cudnn()

@@ -18,7 +18,8 @@ repeat's (cold caches: each sitting gets fresh JAX and Inductor cache folders, w
 repeats then hit). Device memory is XLA's memory analysis of the compiled train step (arguments
 + outputs - donated + temporaries); PyTorch and Keras have no such figure here.
 
---quick: fewer steps (a few minutes in all). --smoke: toy shapes, a couple of steps, one repeat,
+--quick: fewer steps, no torch.compile, jaxmodels.fit, jaxmodels-step or GPT-2-small (a few
+minutes in all). --smoke: toy shapes, a couple of steps, one repeat,
 no torch.compile (seconds; the tests run it). Peers that are not installed are reported as
 n/a: install them with `pip install -e .[bench]`.
 """
@@ -52,6 +53,8 @@ SCHEMA = "jaxmodels-bench/1"
 # --smoke's default: the CNN with every peer (seconds). The other families' smoke sizes run with
 # --only; tests/test_benchmarks.py checks their peers' parameter counts in-process instead.
 SMOKE_WORKLOADS = ("cnn",)
+# --quick's default: all but the GPT-2-small shape (minutes of its own; --only gpt2_small adds it).
+QUICK_WORKLOADS = ("cnn", "gpt_6l", "gpt_4l", "lstm", "vit")
 # The reference each ratio column divides by.
 REFERENCES = {"vs_torch": "torch", "vs_hand_written": "flax", "vs_jaxmodels_step": "jaxmodels-step"}
 PEER_MODULES = {"torch": "torch", "torch.compile": "torch", "keras": "keras"}
@@ -70,8 +73,8 @@ def implementations(w: workloads.Workload, mode: str) -> dict[str, str | None]:
                 out[impl] = "n/a: left out of --smoke (seconds-long budget)"
     if w.name == "gpt2_small" and "jaxmodels-step" in out:  # the small workloads measure it
         out["jaxmodels-step"] = "n/a: left out (the loop's overhead is measured on the smaller workloads)"
-    if mode == "quick":  # the framework-overhead diagnostics run in the full suite only
-        for impl in ("jaxmodels.fit", "jaxmodels-step"):
+    if mode == "quick":  # the overhead diagnostics and Inductor's cold compiles: full run only
+        for impl in ("jaxmodels.fit", "jaxmodels-step", "torch.compile"):
             if impl in out:
                 out[impl] = "n/a: left out of --quick (the full run has it)"
     if "torch.compile" not in w.peers and w.family == "gpt" and mode != "smoke":
@@ -248,7 +251,8 @@ def main(argv=None) -> int:
                    help="one compute thread per run (XLA and PyTorch): for a machine other jobs share")
     args = p.parse_args(argv)
     mode_name = "smoke" if args.smoke else "quick" if args.quick else "full"
-    names = args.only.split(",") if args.only else list(SMOKE_WORKLOADS if args.smoke else workloads.WORKLOADS)
+    default = SMOKE_WORKLOADS if args.smoke else QUICK_WORKLOADS if args.quick else workloads.WORKLOADS
+    names = args.only.split(",") if args.only else list(default)
     unknown = [n for n in names if n not in workloads.WORKLOADS or (args.smoke and n not in workloads.SMOKE_SHAPES)]
     if unknown:
         p.error(f"--only {','.join(unknown)}: not a workload{' with a smoke size' if args.smoke else ''} "
