@@ -276,9 +276,10 @@ def main(argv=None) -> int:
         import tempfile
 
         tmp = tempfile.mkdtemp(prefix="jaxmodels_gpu_smoke_")
-        os.environ.update(XLA_FLAGS=env["XLA_FLAGS"], JAX_PLATFORMS="cpu",
-                          JAX_COMPILATION_CACHE_DIR=os.path.join(tmp, "jax_cache"))
-        env.update(JAX_COMPILATION_CACHE_DIR=os.environ["JAX_COMPILATION_CACHE_DIR"])
+        cache = {"JAX_COMPILATION_CACHE_DIR": os.path.join(tmp, "jax_cache"),
+                 "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}  # toy steps compile fast
+        os.environ.update(XLA_FLAGS=env["XLA_FLAGS"], JAX_PLATFORMS="cpu", **cache)
+        env.update(cache)
         models = [run_model(names[0], True, None, args.scan_layers)]
         device_check = run_check(True)
     else:

@@ -71,11 +71,11 @@ _TORCH = ("torch", "torch.compile")
 
 WORKLOADS: dict[str, Workload] = {w.name: w for w in (
     Workload("cnn", "cnn", "seed_cnn_mnist.py", {"batch": 32, "filters": 32, "warmup": 500},
-             {"full": 500, "quick": 200, "smoke": 3}, ("flax", *_TORCH, "keras"),
+             {"full": 400, "quick": 200, "smoke": 3}, ("flax", *_TORCH, "keras"),
              "seed CNN (conv 3x3/32, max-pool, dense 10), Adam, batch 32"),
     Workload("gpt_6l", "gpt", "gpt_shakespeare.py",
              {"batch": 16, "seq_len": 256, "layers": 6, "width": 384, "heads": 6},
-             {"full": 6, "quick": 3, "smoke": 3}, ("flax", *_TORCH),
+             {"full": 5, "quick": 3, "smoke": 3}, ("flax", *_TORCH),
              "GPT 6L/384D/6H, ctx 256, batch 16, learned positions, tied embeddings, vocab 65"),
     Workload("gpt_4l", "gpt", "gpt_shakespeare.py",
              {"batch": 12, "seq_len": 64, "layers": 4, "width": 128, "heads": 4},
@@ -88,12 +88,12 @@ WORKLOADS: dict[str, Workload] = {w.name: w for w in (
     Workload("vit", "vit", "vit_mnist.py",
              {"batch": 128, "layers": 4, "width": 64, "heads": 4, "ff": 128, "patch": 4,
               "warmup": 300},
-             {"full": 30, "quick": 8, "smoke": 3}, ("flax", *_TORCH),
+             {"full": 20, "quick": 8, "smoke": 3}, ("flax", *_TORCH),
              "ViT 4x4 patches, 4 layers x 64 (MLP 128), mean pool, MNIST, batch 128"),
     Workload("gpt2_small", "gpt", "gpt_shakespeare.py",
-             {"batch": 4, "seq_len": 256, "layers": 12, "width": 768, "heads": 12},
+             {"batch": 2, "seq_len": 256, "layers": 12, "width": 768, "heads": 12},
              {"full": 3, "quick": 3, "smoke": 3}, ("flax", "torch"),
-             "GPT-2-small shape: 12L/768D/12H, ctx 256, batch 4, vocab 65 (85M parameters); "
+             "GPT-2-small shape: 12L/768D/12H, ctx 256, batch 2, vocab 65 (85M parameters); "
              "few steps; torch.compile left out (its CPU compile of this graph alone exceeds the "
              "suite's budget)"),
 )}
