@@ -87,10 +87,14 @@ class Attention(nn.Module):
         else:
             k_BxSxGxDh, v_BxSxGxDh = k_BxTxGxDh, v_BxTxGxDh
 
+        impl = cfg.attention_impl if kv is None else None
+        if impl == "cudnn" and jax.default_backend() != "gpu":
+            raise ValueError(f"model.attention_impl=cudnn needs an NVIDIA GPU, but JAX runs on "
+                             f"{jax.default_backend()}: set model.attention_impl=none")
         q_BxTxHxDh = layers.constrain(q_BxTxHxDh, ("act_batch", None, "act_heads", None))
         out_BxTxHxDh = jax.nn.dot_product_attention(
             q_BxTxHxDh, k_BxSxGxDh, v_BxSxGxDh, mask=mask, is_causal=causal,
-            scale=cfg.attention_scale)
+            scale=cfg.attention_scale, implementation=impl)
         out_BxTxHxDh = layers.constrain(out_BxTxHxDh, ("act_batch", None, "act_heads", None))
 
         init = nn.initializers.lecun_normal(in_axis=(0, 1), out_axis=2)

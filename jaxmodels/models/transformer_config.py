@@ -38,6 +38,11 @@ class TransformerCore:
     # Recompute each block's activations in the backward pass: memory for FLOPs.
     remat: bool = False
     dtype: Literal["float32", "bfloat16"] = "float32"
+    # jax.nn.dot_product_attention's `implementation` for full-sequence attention (training,
+    # evaluation, prefill without a cache): None lets JAX choose (XLA today); "cudnn" is cuDNN's
+    # fused flash attention (NVIDIA GPUs, bfloat16/float16 compute); "xla" forces XLA. Decoding
+    # through the KV cache always uses XLA (its mask over the buffer is a boolean array).
+    attention_impl: Literal["xla", "cudnn"] | None = None
     param_dtype: Literal["float32", "bfloat16"] = "float32"
     # "mup": maximal update parametrization for Adam-family optimizers (Yang et al., 2022): the
     # readout sees its input times base_width/d_model (and starts at zero unless tied to the
