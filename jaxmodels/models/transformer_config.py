@@ -11,12 +11,15 @@ sequence (max_len).
 import dataclasses
 from typing import Literal
 
-from jaxmodels.models import layers
+from jaxmodels.models import layers, precision
 
 
 @dataclasses.dataclass(frozen=True)
-class TransformerCore:
-    """The fields every transformer shares; they override flat, as `model.num_layers=6`."""
+class TransformerCore(precision.Precision):
+    """The fields every transformer shares; they override flat, as `model.num_layers=6`.
+
+    `dtype` and `param_dtype` (the compute and the parameter dtype) come from `Precision`, as
+    for every other family."""
 
     num_layers: int = 4
     num_heads: int = 4
@@ -37,8 +40,6 @@ class TransformerCore:
     scan_layers: bool = False
     # Recompute each block's activations in the backward pass: memory for FLOPs.
     remat: bool = False
-    dtype: Literal["float32", "bfloat16"] = "float32"
-    param_dtype: Literal["float32", "bfloat16"] = "float32"
     # "mup": maximal update parametrization for Adam-family optimizers (Yang et al., 2022): the
     # readout sees its input times base_width/d_model (and starts at zero unless tied to the
     # embedding), attention logits are q.k/Dh (times a constant that makes them q.k/sqrt(Dh) at
@@ -112,7 +113,7 @@ class TransformerCore:
             out.append(("num_kv_heads", f"must divide num_heads={self.num_heads}, got {self.num_kv_heads}"))
         if not 0.0 <= self.dropout < 1.0:
             out.append(("dropout", f"must be in [0, 1), got {self.dropout}"))
-        return out
+        return out + self.precision_problems()
 
 
 @dataclasses.dataclass(frozen=True)
