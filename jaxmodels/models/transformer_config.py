@@ -40,6 +40,19 @@ class TransformerCore(precision.Precision):
     scan_layers: bool = False
     # Recompute each block's activations in the backward pass: memory for FLOPs.
     remat: bool = False
+    # How softmax(QK^T)V is computed (models/attention_ops.py); all three are the same function.
+    # "jax": jax.nn.dot_product_attention (fused kernels where the backend has them); "einsum":
+    # two plain einsums; "blocked": causal attention by blocks of `attention_block` queries that
+    # skips the blocks above the diagonal (the LM's training pass; anything else, such as
+    # decoding or bidirectional attention, runs "einsum").
+    attention: Literal["jax", "einsum", "blocked"] = "jax"
+    attention_block: int = 128
+    # One [D, G, H/G + 2, Dh] matrix for the query, key and value projections (and one
+    # [D, 2, F] for SwiGLU's gate and up projections) instead of separate ones: one matmul in
+    # place of three (two). The same function; the parameters are named and shaped differently
+    # ("qkv", "gate_up"), so checkpoints of one layout do not load into the other
+    # (`fuse_params` converts).
+    fused_projections: bool = False
     # "mup": maximal update parametrization for Adam-family optimizers (Yang et al., 2022): the
     # readout sees its input times base_width/d_model (and starts at zero unless tied to the
     # embedding), attention logits are q.k/Dh (times a constant that makes them q.k/sqrt(Dh) at
@@ -100,7 +113,8 @@ class TransformerCore(precision.Precision):
         return 8 * -(-self.d_model // 3)  # 8/3 * d_model rounded up to a multiple of 8
 
     def problems(self):
-        out = layers.positive(self, "num_layers", "num_heads", "d_model", "max_len", "base_width")
+        out = layers.positive(self, "num_layers", "num_heads", "d_model", "max_len", "base_width",
+                              "attention_block")
         out += [(n, f"must be positive or none, got {getattr(self, n)}")
                 for n in ("num_kv_heads", "d_ff") if getattr(self, n) is not None and getattr(self, n) <= 0]
         if out:
