@@ -44,7 +44,9 @@ class TransformerCore(precision.Precision):
     # "jax": jax.nn.dot_product_attention (fused kernels where the backend has them); "einsum":
     # two plain einsums; "blocked": causal attention by blocks of `attention_block` queries that
     # skips the blocks above the diagonal (the LM's training pass; anything else, such as
-    # decoding or bidirectional attention, runs "einsum").
+    # decoding or bidirectional attention, runs "einsum"). The default stays "jax": on the shared
+    # 2-core CPU, blocked measured 1.05-1.12x on a 6x384 GPT step at T=256 and einsum and fused
+    # were within noise (benchmarks/transformer_levers.py), not yet a clear enough win to change it.
     attention: Literal["jax", "einsum", "blocked"] = "jax"
     attention_block: int = 128
     # One [D, G, H/G + 2, Dh] matrix for the query, key and value projections (and one
