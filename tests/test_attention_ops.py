@@ -116,3 +116,30 @@ def test_fused_layout_is_what_init_creates():
     separate = jax.eval_shape(models.build(LM).init, jax.random.key(0), TOKENS)["params"]
     mapped = jax.eval_shape(fuse_params, nn.meta.unbox(separate))
     assert jax.tree.map(lambda s: s.shape, nn.meta.unbox(fused_init)) == jax.tree.map(lambda s: s.shape, mapped)
+
+
+
+@pytest.mark.parametrize("preset", ["tensor", "fsdp_tensor"])
+def test_fused_parameters_shard_like_the_separate_ones(preset):
+    # Under tensor parallelism each device must hold the queries, keys and values of the same
+    # heads (and the gate and up columns of the same hidden units): the fused matrix splits over
+    # "tensor" on its key/value-head (hidden-unit) axis, as the separate ones split theirs.
+    from jaxmodels.parallel import rules
+
+    mesh = {"data": 1, "fsdp": 2, "tensor": 2}
+
+    def block_specs(cfg):
+        boxed = jax.eval_shape(models.build(cfg).init, jax.random.key(0), TOKENS)["params"]["stack"]["blocks"]
+        return {name: (tuple(b.names), tuple(rules.mesh_spec(b.names, b.value.shape, preset, mesh)[0]))
+                for part in ("attn", "mlp") for name, b in boxed[part].items()}
+
+    def axis_of(names_and_spec, mesh_axis):
+        names, spec = names_and_spec
+        return [names[i] for i, s in enumerate(spec) if s == mesh_axis or (isinstance(s, tuple) and mesh_axis in s)]
+
+    separate = block_specs(LM)
+    fused = block_specs(dataclasses.replace(LM, fused_projections=True))
+    assert axis_of(fused["qkv"], "tensor") == axis_of(separate["key"], "tensor") == ["kv"]
+    assert axis_of(separate["query"], "tensor") == ["heads"]
+    assert axis_of(fused["gate_up"], "tensor") == axis_of(separate["gate"], "tensor") == ["mlp"]
+    assert axis_of(fused["qkv"], "fsdp") == axis_of(separate["query"], "fsdp")
