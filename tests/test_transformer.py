@@ -433,13 +433,17 @@ def garbage_cache(fns, seed: int):
 
 # Every positional encoding and both layouts, without the full product: the encoding is added
 # before the stack, so the two choices do not interact, and each case costs three compilations.
-DECODE_CASES = [("rope", False), ("rope", True), ("learned", False), ("sinusoidal", True)]
+# "levers": the CPU options: the full pass runs blocked causal attention (blocks of 4 over T), the
+# cached decode einsum attention over the buffer, both with fused projections.
+DECODE_VARIANTS = {**LM_VARIANTS, "levers": dict(LM_VARIANTS["rope"], attention="blocked", attention_block=4,
+                                                 fused_projections=True)}
+DECODE_CASES = [("rope", False), ("rope", True), ("learned", False), ("sinusoidal", True), ("levers", False)]
 
 
 @pytest.mark.parametrize("variant, scan", DECODE_CASES,
                          ids=[f"{v}-{'scanned' if s else 'unrolled'}" for v, s in DECODE_CASES])
 def test_kv_cache_decoding_equals_full_recomputation(variant, scan):
-    fns = lm_functions(lm_config(**LM_VARIANTS[variant], scan_layers=scan))
+    fns = lm_functions(lm_config(**DECODE_VARIANTS[variant], scan_layers=scan))
     x = tokens(5)
     full = fns.forward(fns.params, x)
 

@@ -13,9 +13,9 @@ Shape names: B batch; T sequence positions (queries, or an RNN's time steps); S 
 cache's buffer length); D model width (an RNN's hidden state); E token embedding width; F features
 other than the model width (an MLP's hidden units, a flattened image, an RNN's per-step input); U
 an RNN's fused gate units (num_gates x D); H query heads; G key/value heads (G divides H); N heads
-of either kind (H or G); Dh head dim; V vocabulary; K classes; L layers; M longest sequence
-(max_len); Hi image height; Wi image width; C channels; P patches; Q values per patch (patch x
-patch x C).
+of either kind (H or G); R query heads per key/value head (H/G); Dh head dim; V vocabulary; K
+classes; L layers; M longest sequence (max_len); Hi image height; Wi image width; C channels; P
+patches; Q values per patch (patch x patch x C).
 """
 
 import flax.linen as nn

@@ -3,18 +3,24 @@
 Shape names (the package glossary in jaxmodels/models/__init__.py): B batch; T sequence positions
 (queries, or an RNN's time steps); S key positions (a KV cache's buffer length); D model width (an
 RNN's hidden state); H query heads; G key/value heads (G divides H); N heads of either kind (H or
-G); Dh head dim.
+G); R query heads per key/value head (H/G); Dh head dim.
 
 G == H is multi-head attention, G == 1 multi-query. Logical axis names: "embed" (D), "heads" (H),
 "kv" (G), "head_dim" (Dh).
 
-The softmax(QK^T/sqrt(Dh))V (under muP, QK^T times `config.attention_scale`) itself is
-`jax.nn.dot_product_attention`, so accelerators get their fused kernels (`implementation=None`
-picks XLA today; cuDNN where it applies). It takes K/V with fewer heads than Q and groups the
-query heads itself (checked on JAX 0.10), so grouped-query attention never materialises
-repeated K/V. It computes the logits and the softmax in float32 whatever the
-input dtype. It has no dropout on attention probabilities, so the blocks drop residual branches
-only.
+The softmax(QK^T/sqrt(Dh))V (under muP, QK^T times `config.attention_scale`) itself is, by
+`config.attention`, `jax.nn.dot_product_attention` ("jax": accelerators get their fused kernels;
+`implementation=None` picks XLA today, cuDNN where it applies), or the einsum and blocked causal
+forms of attention_ops.py, which are faster on CPU. All take K/V with fewer heads than Q and group
+the query heads themselves, so grouped-query attention never materialises repeated K/V; all
+compute the logits and the softmax in float32 whatever the input dtype. None has dropout on
+attention probabilities, so the blocks drop residual branches only.
+
+Projections: separate "query" [D, H, Dh], "key" and "value" [D, G, Dh] parameters, or with
+`config.fused_projections` one "qkv" [D, G, H/G + 2, Dh] (logical axes "embed", "kv", None,
+"head_dim"): for each key/value head, its H/G query heads, then its key, then its value. Grouping
+by key/value head keeps a tensor-parallel split along "kv" whole: every device holds the queries,
+keys and values of the same heads, as the separate layout does when "heads" and "kv" split alike.
 """
 
 from typing import TYPE_CHECKING
@@ -23,7 +29,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxmodels.models import layers, positional
+from jaxmodels.models import attention_ops, layers, positional
 
 if TYPE_CHECKING:  # the config lives with the models; importing it here would be circular
     from jaxmodels.models.transformer_config import TransformerCore
@@ -70,9 +76,18 @@ class Attention(nn.Module):
                                   (d, heads, dh), param_dtype)
             return jnp.einsum("btd,dnk->btnk", x_BxTxD.astype(dtype), w_DxNxDh.astype(dtype))
 
-        q_BxTxHxDh = project("query", h, "heads")
-        k_BxTxGxDh = project("key", k, "kv")
-        v_BxTxGxDh = project("value", k, "kv")
+        if cfg.fused_projections:
+            init = nn.initializers.lecun_normal(in_axis=0, out_axis=(1, 2, 3))
+            w_DxGxRxDh = self.param("qkv", nn.with_logical_partitioning(init, ("embed", "kv", None, "head_dim")),
+                                    (d, k, h // k + 2, dh), param_dtype)
+            qkv_BxTxGxRxDh = jnp.einsum("btd,dgrk->btgrk", x_BxTxD.astype(dtype), w_DxGxRxDh.astype(dtype))
+            b, t = x_BxTxD.shape[:2]
+            q_BxTxHxDh = qkv_BxTxGxRxDh[:, :, :, :-2].reshape(b, t, h, dh)
+            k_BxTxGxDh, v_BxTxGxDh = qkv_BxTxGxRxDh[:, :, :, -2], qkv_BxTxGxRxDh[:, :, :, -1]
+        else:
+            q_BxTxHxDh = project("query", h, "heads")
+            k_BxTxGxDh = project("key", k, "kv")
+            v_BxTxGxDh = project("value", k, "kv")
         if cfg.positional == "rope":
             q_BxTxHxDh = positional.rope(q_BxTxHxDh, positions_BxT)
             k_BxTxGxDh = positional.rope(k_BxTxGxDh, positions_BxT)
@@ -92,9 +107,18 @@ class Attention(nn.Module):
             raise ValueError(f"model.attention_impl=cudnn needs an NVIDIA GPU, but JAX runs on "
                              f"{jax.default_backend()}: set model.attention_impl=none")
         q_BxTxHxDh = layers.constrain(q_BxTxHxDh, ("act_batch", None, "act_heads", None))
-        out_BxTxHxDh = jax.nn.dot_product_attention(
-            q_BxTxHxDh, k_BxSxGxDh, v_BxSxGxDh, mask=mask, is_causal=causal,
-            scale=cfg.attention_scale, implementation=impl)
+        if cfg.attention == "jax":
+            out_BxTxHxDh = jax.nn.dot_product_attention(
+                q_BxTxHxDh, k_BxSxGxDh, v_BxSxGxDh, mask=mask, is_causal=causal,
+                scale=cfg.attention_scale, implementation=impl)
+        elif cfg.attention == "blocked" and causal and kv is None:
+            out_BxTxHxDh = attention_ops.blocked_causal_attention(
+                q_BxTxHxDh, k_BxSxGxDh, v_BxSxGxDh, mask=mask, scale=cfg.attention_scale,
+                block=cfg.attention_block)
+        else:
+            out_BxTxHxDh = attention_ops.einsum_attention(
+                q_BxTxHxDh, k_BxSxGxDh, v_BxSxGxDh, mask=mask, causal=causal,
+                scale=cfg.attention_scale)
         out_BxTxHxDh = layers.constrain(out_BxTxHxDh, ("act_batch", None, "act_heads", None))
 
         init = nn.initializers.lecun_normal(in_axis=(0, 1), out_axis=2)

@@ -9,24 +9,33 @@ import jax.numpy as jnp
 
 
 def dense(features: int, axes: tuple[str, str], *, use_bias: bool = True, name: str | None = None,
-          kernel_init=nn.initializers.lecun_normal()) -> nn.Dense:
-    """A Dense layer whose kernel is named `axes` (in, out) and whose bias is named `axes[1]`."""
+          kernel_init=nn.initializers.lecun_normal(), dtype=None,
+          param_dtype=jnp.float32) -> nn.Dense:
+    """A Dense layer whose kernel is named `axes` (in, out) and whose bias is named `axes[1]`,
+    computed in `dtype` (None: the promoted dtype of input and parameters), its parameters stored
+    in `param_dtype`."""
     return nn.Dense(
         features,
         use_bias=use_bias,
+        dtype=dtype,
+        param_dtype=param_dtype,
         kernel_init=nn.with_logical_partitioning(kernel_init, axes),
         bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (axes[1],)),
         name=name,
     )
 
 
-def conv(features: int, kernel_size: int, *, use_bias: bool = True, name: str | None = None) -> nn.Conv:
-    """A 'same'-padded 2-D convolution with logical names (kh, kw, conv_in, conv_out)."""
+def conv(features: int, kernel_size: int, *, use_bias: bool = True, name: str | None = None,
+         dtype=None, param_dtype=jnp.float32) -> nn.Conv:
+    """A 'same'-padded 2-D convolution with logical names (kh, kw, conv_in, conv_out), computed in
+    `dtype`, its parameters stored in `param_dtype`."""
     return nn.Conv(
         features,
         (kernel_size, kernel_size),
         padding="SAME",
         use_bias=use_bias,
+        dtype=dtype,
+        param_dtype=param_dtype,
         kernel_init=nn.with_logical_partitioning(
             nn.initializers.lecun_normal(), (None, None, "conv_in", "conv_out")
         ),

@@ -10,11 +10,11 @@ from typing import Literal
 import flax.linen as nn
 import jax
 
-from jaxmodels.models import layers
+from jaxmodels.models import layers, precision
 
 
 @dataclasses.dataclass(frozen=True)
-class MLPConfig:
+class MLPConfig(precision.Precision):
     kind = "mlp"
     # Logical axes whose size is the width muP scales (jaxmodels/training/mup.py): the hidden
     # units. "embed" here is the flattened input, fixed by the data.
@@ -52,7 +52,7 @@ class MLPConfig:
         if self.parametrization == "mup" and len(set(self.hidden)) != 1:
             out.append(("hidden", f"must repeat one width under model.parametrization=mup (the "
                                   f"width muP scales), got {self.hidden}: e.g. model.hidden=256,256"))
-        return out
+        return out + self.precision_problems()
 
 
 class MLP(nn.Module):
@@ -64,16 +64,17 @@ class MLP(nn.Module):
         x_BxF = x.reshape(x.shape[0], -1)
         in_axis = "embed"
         for i, width in enumerate(cfg.hidden):
-            x_BxF = nn.relu(layers.dense(width, (in_axis, "mlp"), name=f"dense{i}")(x_BxF))
+            x_BxF = nn.relu(layers.dense(width, (in_axis, "mlp"), name=f"dense{i}", dtype=cfg.compute_dtype,
+                                         param_dtype=cfg.params_dtype)(x_BxF))
             x_BxF = nn.Dropout(cfg.dropout, deterministic=not train)(x_BxF)
             in_axis = "mlp"
         if cfg.parametrization == "standard":
-            return layers.dense(cfg.num_classes, (in_axis, "classes"), name="head")(x_BxF)
+            return precision.readout(cfg.num_classes, (in_axis, "classes"), cfg, name="head")(x_BxF)
         # muP's readout: its input times 1/m, so that its plain-learning-rate Adam updates move
         # the logits by O(1) at every width (an update aligned with x sums `width` terms), where
         # the standard readout's move grows with the width. Zero-initialised as Tensor Programs
         # V advises: a random readout's contribution W0 dx/m fades as 1/m, so the narrow
         # models would otherwise differ from the wide ones by it.
-        head = layers.dense(cfg.num_classes, (in_axis, "classes"), name="head",
-                            kernel_init=nn.initializers.zeros)
+        head = precision.readout(cfg.num_classes, (in_axis, "classes"), cfg, name="head",
+                                 kernel_init=nn.initializers.zeros)
         return head(x_BxF * (cfg.base_width / cfg.width))

@@ -29,6 +29,15 @@ The carry is explicit: a tuple over layers of each cell's state, (c, h) for an L
 Elman and GRU, each [B, D]. `carry=None` means zeros. The LSTM's forget-gate bias starts at 1
 (Jozefowicz et al., 2015) so that early in training the cell keeps its state rather than
 forgetting it every step.
+
+Mixed precision (`model.dtype`, models/precision.py). The matmuls (the hoisted input projection
+and the per-step h_{t-1} x [D, U]) take compute-dtype operands and accumulate in float32; the gate
+nonlinearities and the state update run in float32, and the carry (c and h) stays float32 whatever
+the dtype. A bfloat16 carry would add a relative rounding error of 2^-8 to the state at every
+step, and the LSTM's cell state is a running sum c' = f c + i g whose small increments bfloat16
+would round away once |c| is large; float32 state costs [B, D] per layer, which is nothing next
+to the [B, T, U] activations. Each layer's output sequence (what the next layer and the head
+read, and what backpropagation keeps) is in the compute dtype; the logits are float32.
 """
 
 import dataclasses
@@ -38,14 +47,14 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxmodels.models import layers
+from jaxmodels.models import layers, precision
 
 # A tuple over layers of each cell's state: (c_BxD, h_BxD) for an LSTM, h_BxD otherwise.
 Carry = tuple[Any, ...]
 
 
 @dataclasses.dataclass(frozen=True)
-class RNNCore:
+class RNNCore(precision.Precision):
     """The recurrent core shared by every RNN model: the fields override as `model.hidden=...`."""
 
     cell: Literal["elman", "lstm", "gru"] = "lstm"
@@ -59,7 +68,7 @@ class RNNCore:
         out = layers.positive(self, "hidden", "num_layers")
         if not 0.0 <= self.dropout < 1.0:
             out.append(("dropout", f"must be in [0, 1), got {self.dropout}"))
-        return out
+        return out + self.precision_problems()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,10 +120,14 @@ def _lstm_bias(key, shape, dtype=jnp.float32):
     return jnp.zeros(shape, dtype).at[d:2 * d].set(1.0)
 
 
-def _recurrent_kernel(module: nn.Module, num_gates: int) -> jax.Array:
-    d = module.config.hidden
+def _hidden_gates(module: nn.Module, h_BxD: jax.Array) -> jax.Array:
+    """h_{t-1} x the fused recurrent kernel [D, U]: compute-dtype operands, float32 result."""
+    cfg = module.config
+    d = cfg.hidden
     init = nn.with_logical_partitioning(_orthogonal_per_gate, ("embed", "mlp"))
-    return module.param("kernel", init, (d, num_gates * d), jnp.float32)
+    w_DxU = module.param("kernel", init, (d, module.num_gates * d), cfg.params_dtype)
+    return jnp.dot(h_BxD.astype(cfg.compute_dtype), w_DxU.astype(cfg.compute_dtype),
+                   preferred_element_type=jnp.float32)
 
 
 class ElmanCell(nn.Module):
@@ -126,8 +139,8 @@ class ElmanCell(nn.Module):
 
     @nn.compact
     def __call__(self, h_BxD: jax.Array, xg_BxU: jax.Array):
-        h_BxD = jnp.tanh(xg_BxU + h_BxD @ _recurrent_kernel(self, self.num_gates))
-        return h_BxD, h_BxD
+        h_BxD = jnp.tanh(xg_BxU.astype(jnp.float32) + _hidden_gates(self, h_BxD))
+        return h_BxD, h_BxD.astype(self.config.compute_dtype)
 
     @staticmethod
     def zeros(batch_size: int, hidden: int):
@@ -144,11 +157,11 @@ class LSTMCell(nn.Module):
     @nn.compact
     def __call__(self, carry, xg_BxU: jax.Array):
         c_BxD, h_BxD = carry
-        z_BxU = xg_BxU + h_BxD @ _recurrent_kernel(self, self.num_gates)
+        z_BxU = xg_BxU.astype(jnp.float32) + _hidden_gates(self, h_BxD)
         i, f, g, o = jnp.split(z_BxU, 4, axis=-1)
         c_BxD = jax.nn.sigmoid(f) * c_BxD + jax.nn.sigmoid(i) * jnp.tanh(g)
         h_BxD = jax.nn.sigmoid(o) * jnp.tanh(c_BxD)
-        return (c_BxD, h_BxD), h_BxD
+        return (c_BxD, h_BxD), h_BxD.astype(self.config.compute_dtype)
 
     @staticmethod
     def zeros(batch_size: int, hidden: int):
@@ -165,17 +178,17 @@ class GRUCell(nn.Module):
 
     @nn.compact
     def __call__(self, h_BxD: jax.Array, xg_BxU: jax.Array):
-        hg_BxU = h_BxD @ _recurrent_kernel(self, self.num_gates)
+        hg_BxU = _hidden_gates(self, h_BxD)
         # The one hidden bias that is not redundant with the input bias: r multiplies it.
         bhn_D = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, ("mlp",)),
-                           (self.config.hidden,), jnp.float32)
-        xr, xz, xn = jnp.split(xg_BxU, 3, axis=-1)
+                           (self.config.hidden,), self.config.params_dtype).astype(jnp.float32)
+        xr, xz, xn = jnp.split(xg_BxU.astype(jnp.float32), 3, axis=-1)
         hr, hz, hn = jnp.split(hg_BxU, 3, axis=-1)
         r = jax.nn.sigmoid(xr + hr)
         z = jax.nn.sigmoid(xz + hz)
         n = jnp.tanh(xn + r * (hn + bhn_D[None, :]))
         h_BxD = (1.0 - z) * n + z * h_BxD
-        return h_BxD, h_BxD
+        return h_BxD, h_BxD.astype(self.config.compute_dtype)
 
     @staticmethod
     def zeros(batch_size: int, hidden: int):
@@ -210,6 +223,8 @@ class RNNLayer(nn.Module):
             cell.num_gates * cfg.hidden,
             kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), ("embed", "mlp")),
             bias_init=nn.with_logical_partitioning(cell.input_bias_init, ("mlp",)),
+            dtype=cfg.compute_dtype,
+            param_dtype=cfg.params_dtype,
             name="input",
         )(x_BxTxF)
         scan = nn.scan(cell, variable_broadcast="params", split_rngs={"params": False},
@@ -262,11 +277,12 @@ class RNNLM(nn.Module):
         x_BxTxE = nn.Embed(
             cfg.vocab_size, cfg.embed_dim,
             embedding_init=nn.with_logical_partitioning(nn.initializers.normal(1.0), ("vocab", "embed")),
+            dtype=cfg.compute_dtype,
+            param_dtype=cfg.params_dtype,
             name="embed",
         )(tokens_BxT)
         h_BxTxD, carry = RNNStack(cfg, name="rnn")(x_BxTxE, carry, train=train)
-        logits_BxTxV = layers.dense(cfg.vocab_size, ("embed", "vocab"), name="head")(h_BxTxD)
-        logits_BxTxV = logits_BxTxV.astype(jnp.float32)
+        logits_BxTxV = precision.readout(cfg.vocab_size, ("embed", "vocab"), cfg, name="head")(h_BxTxD)
         return (logits_BxTxV, carry) if return_carry else logits_BxTxV
 
     def init_cache(self, batch_size: int, max_len: int) -> dict[str, Any]:
@@ -298,7 +314,7 @@ class RNNClassifier(nn.Module):
             x_BxTxF = inputs
         else:
             raise ValueError(f"expected a sequence [B, T, F] or images [B, H, W, C], got shape {inputs.shape}")
-        h_BxTxD, carry = RNNStack(cfg, name="rnn")(x_BxTxF.astype(jnp.float32), carry, train=train)
+        h_BxTxD, carry = RNNStack(cfg, name="rnn")(x_BxTxF.astype(cfg.compute_dtype), carry, train=train)
         # h at the last step is the final hidden state (after the last layer's dropout).
-        logits_BxK = layers.dense(cfg.num_classes, ("embed", "classes"), name="head")(h_BxTxD[:, -1])
+        logits_BxK = precision.readout(cfg.num_classes, ("embed", "classes"), cfg, name="head")(h_BxTxD[:, -1])
         return (logits_BxK, carry) if return_carry else logits_BxK

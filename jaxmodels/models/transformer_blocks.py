@@ -50,15 +50,22 @@ class Mlp(nn.Module):
         d, f = cfg.d_model, cfg.ff_width
 
         def weight(name, shape, axes):
-            return param(self, name, nn.initializers.lecun_normal(), axes, shape).astype(dtype)
+            # Fan-in is the first axis (D or F) for every shape here, [D, 2, F] included.
+            init = nn.initializers.lecun_normal(in_axis=0, out_axis=tuple(range(1, len(shape))))
+            return param(self, name, init, axes, shape).astype(dtype)
 
         x_BxTxD = x_BxTxD.astype(dtype)
-        up_BxTxF = jnp.einsum("btd,df->btf", x_BxTxD, weight("up", (d, f), ("embed", "mlp")))
-        if cfg.mlp == "swiglu":
+        if cfg.mlp == "swiglu" and cfg.fused_projections:
+            # One [D, 2, F] matmul for both input projections: gate first, then up.
+            gate_up_BxTx2xF = jnp.einsum("btd,dcf->btcf", x_BxTxD,
+                                         weight("gate_up", (d, 2, f), ("embed", None, "mlp")))
+            h_BxTxF = nn.silu(gate_up_BxTx2xF[:, :, 0]) * gate_up_BxTx2xF[:, :, 1]
+        elif cfg.mlp == "swiglu":
+            up_BxTxF = jnp.einsum("btd,df->btf", x_BxTxD, weight("up", (d, f), ("embed", "mlp")))
             gate_BxTxF = jnp.einsum("btd,df->btf", x_BxTxD, weight("gate", (d, f), ("embed", "mlp")))
             h_BxTxF = nn.silu(gate_BxTxF) * up_BxTxF
         else:
-            h_BxTxF = nn.gelu(up_BxTxF)
+            h_BxTxF = nn.gelu(jnp.einsum("btd,df->btf", x_BxTxD, weight("up", (d, f), ("embed", "mlp"))))
         h_BxTxF = layers.constrain(h_BxTxF, ("act_batch", None, "act_mlp"))
         return jnp.einsum("btf,fd->btd", h_BxTxF, weight("down", (f, d), ("mlp", "embed")))
 

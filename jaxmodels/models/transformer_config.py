@@ -11,12 +11,15 @@ sequence (max_len).
 import dataclasses
 from typing import Literal
 
-from jaxmodels.models import layers
+from jaxmodels.models import layers, precision
 
 
 @dataclasses.dataclass(frozen=True)
-class TransformerCore:
-    """The fields every transformer shares; they override flat, as `model.num_layers=6`."""
+class TransformerCore(precision.Precision):
+    """The fields every transformer shares; they override flat, as `model.num_layers=6`.
+
+    `dtype` and `param_dtype` (the compute and the parameter dtype) come from `Precision`, as
+    for every other family."""
 
     num_layers: int = 4
     num_heads: int = 4
@@ -37,13 +40,27 @@ class TransformerCore:
     scan_layers: bool = False
     # Recompute each block's activations in the backward pass: memory for FLOPs.
     remat: bool = False
-    dtype: Literal["float32", "bfloat16"] = "float32"
-    # jax.nn.dot_product_attention's `implementation` for full-sequence attention (training,
-    # evaluation, prefill without a cache): None lets JAX choose (XLA today); "cudnn" is cuDNN's
+    # How softmax(QK^T)V is computed (models/attention_ops.py); all three are the same function.
+    # "jax": jax.nn.dot_product_attention (fused kernels where the backend has them); "einsum":
+    # two plain einsums; "blocked": causal attention by blocks of `attention_block` queries that
+    # skips the blocks above the diagonal (the LM's training pass; anything else, such as
+    # decoding or bidirectional attention, runs "einsum"). The default stays "jax": on the shared
+    # 2-core CPU, blocked measured 1.05-1.12x on a 6x384 GPT step at T=256 and einsum and fused
+    # were within noise (benchmarks/transformer_levers.py), not yet a clear enough win to change it.
+    attention: Literal["jax", "einsum", "blocked"] = "jax"
+    attention_block: int = 128
+    # One [D, G, H/G + 2, Dh] matrix for the query, key and value projections (and one
+    # [D, 2, F] for SwiGLU's gate and up projections) instead of separate ones: one matmul in
+    # place of three (two). The same function; the parameters are named and shaped differently
+    # ("qkv", "gate_up"), so checkpoints of one layout do not load into the other
+    # (`fuse_params` converts).
+    fused_projections: bool = False
+    # With attention="jax": jax.nn.dot_product_attention's `implementation` for full-sequence
+    # attention (training, evaluation, prefill without a cache): None lets JAX choose (XLA
+    # today); "cudnn" is cuDNN's
     # fused flash attention (NVIDIA GPUs, bfloat16/float16 compute); "xla" forces XLA. Decoding
     # through the KV cache always uses XLA (its mask over the buffer is a boolean array).
     attention_impl: Literal["xla", "cudnn"] | None = None
-    param_dtype: Literal["float32", "bfloat16"] = "float32"
     # "mup": maximal update parametrization for Adam-family optimizers (Yang et al., 2022): the
     # readout sees its input times base_width/d_model (and starts at zero unless tied to the
     # embedding), attention logits are q.k/Dh (times a constant that makes them q.k/sqrt(Dh) at
@@ -104,7 +121,8 @@ class TransformerCore:
         return 8 * -(-self.d_model // 3)  # 8/3 * d_model rounded up to a multiple of 8
 
     def problems(self):
-        out = layers.positive(self, "num_layers", "num_heads", "d_model", "max_len", "base_width")
+        out = layers.positive(self, "num_layers", "num_heads", "d_model", "max_len", "base_width",
+                              "attention_block")
         out += [(n, f"must be positive or none, got {getattr(self, n)}")
                 for n in ("num_kv_heads", "d_ff") if getattr(self, n) is not None and getattr(self, n) <= 0]
         if out:
@@ -117,7 +135,7 @@ class TransformerCore:
             out.append(("num_kv_heads", f"must divide num_heads={self.num_heads}, got {self.num_kv_heads}"))
         if not 0.0 <= self.dropout < 1.0:
             out.append(("dropout", f"must be in [0, 1), got {self.dropout}"))
-        return out
+        return out + self.precision_problems()
 
 
 @dataclasses.dataclass(frozen=True)
