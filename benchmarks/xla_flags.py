@@ -3,13 +3,13 @@
   python benchmarks/xla_flags.py [--repeats 3] [--only cnn,gpt_small,...] [--settings none,ynn]
                                  [--scale 1.0] [--json OUT]
 
-XLA reads XLA_FLAGS once, when its CPU client starts, so every (setting, repeat) is a fresh
-subprocess of this script (`--worker`) that trains each workload for a fixed number of steps
-and prints one JSON line. Settings are interleaved in one sitting (A B C A B C ...), and the
+XLA reads XLA_FLAGS once, when its CPU client starts, so every (workload, setting, repeat) is a
+fresh subprocess of this script (`--worker`) that trains for a fixed number of steps and prints
+one JSON line. Per workload, settings are interleaved in one sitting (A B C A B C ...), and the
 table gives, per workload, each setting's median steps/s and its ratio to `none` within the same
 repeat (median and min-max over repeats: on a shared machine the spread is the noise). A
 setting whose process crashes (oneDNN's fusion can die with SIGILL on some CPUs) is reported as
-crashed and not retried. Throughput is summary.json's, which leaves out the compiling first
+crashed and not retried for that workload. Throughput is summary.json's, which leaves out the compiling first
 step, evaluation and checkpointing; the workers share one persistent compilation cache so a
 setting compiles once per workload, not once per repeat (the cache key includes XLA_FLAGS).
 
@@ -86,20 +86,23 @@ def _launch(flags: str, names: list[str], scale: float, cache_dir: str) -> dict 
 
 
 def _table(runs: dict, names: list[str], settings: list[str]) -> tuple[str, dict]:
+    """runs[workload][setting]: a list of per-repeat results, or the string saying it crashed."""
     rows, summary = [], {}
     head = "| workload | setting | steps/s (median) | ratio to none: median [min, max] | max rel. loss diff |"
     rows += [head, "|---|---|---|---|---|"]
     for n in names:
-        base = runs["none"]
+        base = runs[n]["none"]
         for s in settings:
-            reps = runs[s]
+            reps = runs[n][s]
             if isinstance(reps, str):
                 rows.append(f"| {n} | {s} | {reps} | | |")
                 summary[f"{n}/{s}"] = {"error": reps}
                 continue
-            rates = [r[n]["steps_per_s"] for r in reps]
-            ratios = [r[n]["steps_per_s"] / b[n]["steps_per_s"] for r, b in zip(reps, base)]
-            loss_diff = max(abs(r[n]["train_loss"] - b[n]["train_loss"]) / abs(b[n]["train_loss"])
+            if not reps:
+                continue
+            rates = [r["steps_per_s"] for r in reps]
+            ratios = [r["steps_per_s"] / b["steps_per_s"] for r, b in zip(reps, base)]
+            loss_diff = max(abs(r["train_loss"] - b["train_loss"]) / abs(b["train_loss"])
                             for r, b in zip(reps, base))
             med = statistics.median(ratios)
             rows.append(f"| {n} | {s} | {statistics.median(rates):.2f} | {med:.3f} "
@@ -129,20 +132,21 @@ def main(argv=None) -> None:
     if args.worker:
         worker(names, args.scale)
         return
-    runs: dict = {s: [] for s in settings}
+    runs: dict = {n: {s: [] for s in settings} for n in names}
     with tempfile.TemporaryDirectory(prefix="xla_flags_cache_") as cache_dir:
-        for r in range(args.repeats):
-            for s in settings:
-                if isinstance(runs[s], str):
-                    continue  # crashed once: it would crash again
-                res = _launch(SETTINGS[s], names, args.scale, cache_dir)
-                print(f"repeat {r} {s}: {res}", file=sys.stderr, flush=True)
-                if isinstance(res, str):
-                    if s == "none":
-                        sys.exit(f"the baseline crashed: {res}")
-                    runs[s] = res
-                else:
-                    runs[s].append(res)
+        for n in names:
+            for r in range(args.repeats):
+                for s in settings:
+                    if isinstance(runs[n][s], str):
+                        continue  # crashed once: it would crash again
+                    res = _launch(SETTINGS[s], [n], args.scale, cache_dir)
+                    print(f"{n} repeat {r} {s}: {res}", file=sys.stderr, flush=True)
+                    if isinstance(res, str):
+                        if s == "none":
+                            sys.exit(f"the baseline crashed: {res}")
+                        runs[n][s] = res
+                    else:
+                        runs[n][s].append(res[n])
     table, summary = _table(runs, names, settings)
     print(table)
     result = {"settings": {s: SETTINGS[s] for s in settings}, "repeats": args.repeats,
