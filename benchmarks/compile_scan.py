@@ -63,6 +63,26 @@ def _launch(variant: str, layers: int) -> dict:
     raise SystemExit(f"{variant} x{layers} failed: {proc.stderr.strip()[-500:]}")
 
 
+def _table(runs: dict, variants: list[str], depths: list[int]) -> tuple[str, dict]:
+    """Medians per (variant, depth), and each depth's ratio to the first depth within the same
+    repeat (neighbours in time, so the machine's load cancels), as median [min, max]."""
+    rows = ["| variant | layers | trace+lower s | compile s | total s | total / first depth, "
+            "paired: median [min, max] |", "|---|---|---|---|---|---|"]
+    out = {}
+    total = lambda x: x["lower_s"] + x["compile_s"]  # noqa: E731
+    for v in variants:
+        for d in depths:
+            reps = runs[(v, d)]
+            ratios = [total(x) / total(f) for x, f in zip(reps, runs[(v, depths[0])])]
+            med = {k: statistics.median(x[k] for x in reps) for k in ("lower_s", "compile_s")}
+            t = statistics.median(total(x) for x in reps)
+            rows.append(f"| {v} | {d} | {med['lower_s']:.2f} | {med['compile_s']:.2f} | {t:.2f} | "
+                        f"{statistics.median(ratios):.2f} [{min(ratios):.2f}, {max(ratios):.2f}] |")
+            out[f"{v}/{d}"] = {**med, "total_s": t, "paired_ratio": ratios,
+                               "median_paired_ratio": statistics.median(ratios), "raw": reps}
+    return "\n".join(rows), out
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--repeats", type=int, default=3)
@@ -85,20 +105,8 @@ def main(argv=None) -> None:
                 res = _launch(v, d)
                 print(f"repeat {r} {v} x{d}: {res}", file=sys.stderr, flush=True)
                 runs[(v, d)].append(res)
-    rows = ["| variant | layers | trace+lower s | compile s | total s | total / first depth |",
-            "|---|---|---|---|---|---|"]
-    out = {}
-    for v in variants:
-        first = None
-        for d in depths:
-            lower = statistics.median(x["lower_s"] for x in runs[(v, d)])
-            comp = statistics.median(x["compile_s"] for x in runs[(v, d)])
-            total = statistics.median(x["lower_s"] + x["compile_s"] for x in runs[(v, d)])
-            first = first or total
-            rows.append(f"| {v} | {d} | {lower:.2f} | {comp:.2f} | {total:.2f} | {total / first:.2f} |")
-            out[f"{v}/{d}"] = {"lower_s": lower, "compile_s": comp, "total_s": total,
-                               "ratio_to_first_depth": total / first, "raw": runs[(v, d)]}
-    print("\n".join(rows))
+    rows, out = _table(runs, variants, depths)
+    print(rows)
     print(json.dumps(out))
     if args.json:
         with open(args.json, "w") as f:
