@@ -52,7 +52,8 @@ def _parser() -> argparse.ArgumentParser:
     def cache_flag(p):
         p.add_argument("--no-compile-cache", action="store_true",
                        help="compile from scratch and keep nothing (default: compiled programs "
-                            "are kept in ~/.cache/jaxmodels/xla for the next launch)")
+                            "are kept in ~/.cache/jaxmodels/xla for the next launch; a "
+                            "JAX_COMPILATION_CACHE_DIR you set is used either way)")
 
     train = sub.add_parser("train", help="train a config and write results into --workdir")
     common(train, config_required=False)

@@ -8,8 +8,10 @@ $XDG_CACHE_HOME/jaxmodels/xla, else ~/.cache/jaxmodels/xla), so a second launch 
 config, every same-shape run of a sweep and every sweep worker load the compiled step instead of
 compiling it again. JAX's thresholds are lowered to zero: by default it keeps only programs that
 took a second to compile, which leaves out most CPU steps. A `JAX_COMPILATION_CACHE_DIR` (or a
-`jax_compilation_cache_dir` set in Python) is left as the user set it. Off with
-JAXMODELS_COMPILE_CACHE=0 (the CLI's --no-compile-cache sets it).
+`jax_compilation_cache_dir` set in Python) is left as the user set it, switch or not. Off with
+JAXMODELS_COMPILE_CACHE=0 (the CLI's --no-compile-cache sets it, so sweep workers inherit it).
+The cache key holds the program, the devices, JAX's version and XLA_FLAGS, so a stale entry is
+never loaded; the folder only grows (delete it to reclaim the space).
 
 XLA CPU flags: CPU_FLAGS (measured in benchmarks/xla_flags.py) go into XLA_FLAGS when the user
 has not set XLA_FLAGS at all and the run will be on CPU. They are CPU-compiler flags: on a GPU or
@@ -31,9 +33,13 @@ import sys
 
 CACHE_ENV = "JAXMODELS_COMPILE_CACHE"
 FLAGS_ENV = "JAXMODELS_XLA_FLAGS"
-# Empty: of the flags measured on the workloads (benchmarks/xla_flags.py, see README "CPU
-# flags"), none was a clear win here, and the oneDNN dot fusion crashed XLA (SIGILL) on these
-# AMD EPYC CPUs. The machinery stays so a measured winner is one line.
+# Empty: nothing measured earned its place. benchmarks/xla_flags.py on these 2-core AMD EPYC
+# machines (jaxlib 0.10.2): the oneDNN dot fusion (--xla_cpu_use_onednn=true
+# --xla_cpu_experimental_onednn_fusion_type=dot, alone or with YNN) kills XLA with SIGILL
+# ("partition compile failed") on a plain dense layer; --xla_cpu_experimental_ynn_fusion_type=dot
+# only folds elementwise epilogues into the dots, which jaxlib 0.10 already hands to YNNPACK
+# without it, and measured within noise on the GPTs and slower on the seed CNN. A winner found
+# later is one line here (tests/test_xla_flags.py then checks it trains the same losses).
 CPU_FLAGS: tuple[str, ...] = ()
 
 _OFF = ("0", "false", "off", "no")
