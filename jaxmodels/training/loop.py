@@ -51,7 +51,7 @@ import tqdm
 
 from jaxmodels import config as config_lib
 from jaxmodels import data as data_lib
-from jaxmodels import models, runtime
+from jaxmodels import models
 from jaxmodels.config import Config
 from jaxmodels.errors import RunStopped, UserError
 from jaxmodels.parallel import distributed
@@ -386,6 +386,8 @@ def _announce(s: Setup, n_params: int, fresh: bool, log) -> None:
               f"({s.total_steps / s.steps_per_epoch:.2f} epochs) on {s.mesh.devices.size} "
               f"{jax.devices()[0].platform} device(s) in {jax.process_count()} process(es)", file=log)
     # How this process compiles (runtime.py): whether a compile is kept for the next launch.
+    from jaxmodels import runtime
+
     print(f"{cfg.name}: {s.parallel.describe()}; {runtime.describe()}", file=log)
 
 
