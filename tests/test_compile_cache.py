@@ -38,8 +38,10 @@ COUNTING_CLI = textwrap.dedent("""
 
 
 def _env(cache: pathlib.Path, **extra) -> dict:
+    # Without the suite's own cache settings (a conftest may share one cache across tests).
     env = {k: v for k, v in os.environ.items()
-           if k not in ("XLA_FLAGS", "JAX_COMPILATION_CACHE_DIR", "JAXMODELS_COMPILE_CACHE")}
+           if k not in ("XLA_FLAGS", "JAX_COMPILATION_CACHE_DIR", "JAXMODELS_COMPILE_CACHE")
+           and not k.startswith("JAX_PERSISTENT_CACHE_")}
     return {**env, "PYTHONPATH": str(ROOT), "JAXMODELS_CACHE_DIR": str(cache), **extra}
 
 
