@@ -38,10 +38,10 @@ FLAGS_ENV = "JAXMODELS_XLA_FLAGS"
 # --xla_cpu_experimental_onednn_fusion_type=dot, alone or with YNN) kills XLA with SIGILL
 # ("partition compile failed") on a plain dense layer; --xla_cpu_experimental_ynn_fusion_type=dot
 # only folds elementwise epilogues into the dots, which jaxlib 0.10 already hands to YNNPACK
-# without it; it trained bitwise the same losses. Under heavy load: within noise on the GPTs and
+# without it; losses equal to 2e-7 relative. Under heavy load: within noise on the GPTs and
 # the LSTM (paired ratios 0.84-1.94), slower on the seed CNN in 4 pairs of 4 (0.25-0.83, the flag
-# always run second while the load rose); on a quiet machine the 6L/384D GPT gained 1.14 and 1.18
-# in two pairs. A candidate, not yet a winner: it needs a quiet rerun of every workload. A winner
+# always run second while the load rose). On a quiet machine the 6L/384D GPT gained 1.14 and 1.18
+# in two pairs, but the seed CNN lost half its speed (0.43, 0.55): no flag wins everywhere. A winner
 # found later is one line here (tests/test_xla_flags.py then checks it trains the same losses).
 CPU_FLAGS: tuple[str, ...] = ()
 
