@@ -147,9 +147,11 @@ def fit(model, data, *, loss="cross_entropy", optimizer="adam", learning_rate: f
     The summary holds at least step, train_loss, eval_loss and, under cross-entropy,
     eval_accuracy.
     """
+    from jaxmodels import runtime
     from jaxmodels.models import interface
     from jaxmodels.training import loop
 
+    runtime.configure()  # the compile cache and CPU flags, as the CLI has them (runtime.py)
     if parallel not in PRESETS:
         raise ConfigError(f"parallel={parallel!r} is not one of {', '.join(PRESETS)}")
     if epochs is None and steps is None:

@@ -14,6 +14,9 @@
   jaxmodels sample --workdir DIR --prompt TEXT [--max-new-tokens N --temperature T --top-k K
                    --top-p P --seed S]
 
+Commands that compile keep compiled programs in ~/.cache/jaxmodels/xla, so a second launch of
+a config skips most of its compile (`--no-compile-cache` or JAXMODELS_COMPILE_CACHE=0 turns that
+off; see jaxmodels/runtime.py, which also sets measured XLA CPU flags when XLA_FLAGS is unset).
 Without CONFIG, `train` runs the embedded default: the classic CNN on MNIST for 10 epochs.
 `train` into a workdir that holds checkpoints resumes from the newest (`--restart` starts over).
 Problems with the input print one line and exit with status 2 (`--debug` shows the traceback);
@@ -44,6 +47,13 @@ def _parser() -> argparse.ArgumentParser:
                        help="dotted overrides, e.g. train.epochs=1 optimizer.learning_rate=3e-4")
         p.add_argument("--tiny", action="store_true", help="the config's tiny variant (seconds)")
         p.add_argument("--debug", action="store_true", help="show Python tracebacks")
+        cache_flag(p)
+
+    def cache_flag(p):
+        p.add_argument("--no-compile-cache", action="store_true",
+                       help="compile from scratch and keep nothing (default: compiled programs "
+                            "are kept in ~/.cache/jaxmodels/xla for the next launch; a "
+                            "JAX_COMPILATION_CACHE_DIR you set is used either way)")
 
     train = sub.add_parser("train", help="train a config and write results into --workdir")
     common(train, config_required=False)
@@ -98,6 +108,7 @@ def _parser() -> argparse.ArgumentParser:
     sweep.add_argument("--dry-run", action="store_true",
                        help="list the runs and what each workdir holds, then exit")
     sweep.add_argument("--debug", action="store_true", help="show Python tracebacks")
+    cache_flag(sweep)
     lst = sub.add_parser("list", help="the registered models, datasets and objectives, and the "
                                        "experiment files here")
     lst.add_argument("--debug", action="store_true", help="show Python tracebacks")
@@ -112,6 +123,7 @@ def _parser() -> argparse.ArgumentParser:
     sample.add_argument("--top-p", type=float, default=1.0)
     sample.add_argument("--seed", type=int, default=0)
     sample.add_argument("--debug", action="store_true", help="show Python tracebacks")
+    cache_flag(sample)
     return parser
 
 
@@ -132,6 +144,15 @@ def _check_workdir_flag(args) -> None:
     # An empty --workdir would silently mean the current folder (or runs/<name>).
     if getattr(args, "workdir", None) is not None and not args.workdir.strip():
         raise UserError(f"--workdir is empty: give the folder to {args.command} in, e.g. --workdir runs/my_run")
+
+
+def _start_runtime(args) -> None:
+    """The compile cache and XLA CPU flags (runtime.py), before this command starts JAX."""
+    from jaxmodels import runtime
+
+    if args.no_compile_cache:
+        os.environ[runtime.CACHE_ENV] = "0"  # in the environment, so sweep workers see it too
+    runtime.configure()
 
 
 def _exit_even_if_threads_hang(code: int) -> None:
@@ -181,6 +202,7 @@ def _main(argv: list[str]) -> int:
     try:
         _check_workdir_flag(args)
         if args.command == "sample":
+            _start_runtime(args)
             from jaxmodels.generate import generate_text
 
             print(generate_text(args.workdir, args.prompt, max_new_tokens=args.max_new_tokens,
@@ -194,6 +216,7 @@ def _main(argv: list[str]) -> int:
                 planned = sweep.plan(args.sweep_file, args.workdir, tiny=args.tiny)
                 print(sweep.format_plan(planned))
                 return 0
+            _start_runtime(args)
             outcomes = sweep.run_sweep(args.sweep_file, args.workdir, tiny=args.tiny,
                                        workers=args.workers)
             return 1 if any(o.status == "failed" for o in outcomes) else 0
@@ -209,6 +232,7 @@ def _main(argv: list[str]) -> int:
 
             print(catalog.show_text(config))
             return 0
+        _start_runtime(args)
         # Imported here so that `jaxmodels --help` and config errors answer before JAX starts.
         from jaxmodels.training import loop
 

@@ -143,13 +143,9 @@ def _warn_unknown(platform_name: str, kind: str) -> None:
 
 def cache_dir() -> pathlib.Path:
     """$JAXMODELS_CACHE_DIR, else $XDG_CACHE_HOME/jaxmodels, else ~/.cache/jaxmodels (read now)."""
-    explicit = os.environ.get("JAXMODELS_CACHE_DIR")
-    if explicit:
-        return pathlib.Path(explicit).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME", "")
-    # The XDG spec says to ignore a relative path.
-    base = pathlib.Path(xdg) if os.path.isabs(xdg) else pathlib.Path.home() / ".cache"
-    return base / "jaxmodels"
+    from jaxmodels import runtime  # one rule for every jaxmodels cache (the XLA one lives there too)
+
+    return runtime.cache_root()
 
 
 def machine_key() -> dict:

@@ -200,6 +200,9 @@ def worker_main(argv: list[str]) -> int:
         # Before JAX starts: XLA's CPU thread pool is sized from the CPUs this process may use.
         os.sched_setaffinity(0, {int(c) for c in args.cpus.split(",")})
     try:
+        from jaxmodels import runtime
+
+        runtime.configure()  # the parent's cache and flag switches arrive in the environment
         from jaxmodels.training import loop  # after the affinity: it starts JAX
 
         config = config_lib.from_dict(json.loads(args.config_json))

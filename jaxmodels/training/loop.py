@@ -401,7 +401,10 @@ def _announce(s: Setup, n_params: int, fresh: bool, log) -> None:
               f"{s.total_steps:,} steps of batch {cfg.data.batch_size} "
               f"({s.total_steps / s.steps_per_epoch:.2f} epochs) on {s.mesh.devices.size} "
               f"{jax.devices()[0].platform} device(s) in {jax.process_count()} process(es)", file=log)
-    print(f"{cfg.name}: {s.parallel.describe()}", file=log)
+    # How this process compiles (runtime.py): whether a compile is kept for the next launch.
+    from jaxmodels import runtime
+
+    print(f"{cfg.name}: {s.parallel.describe()}; {runtime.describe()}", file=log)
 
 
 def _batch_shapes(s: Setup) -> dict:
