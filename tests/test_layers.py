@@ -13,7 +13,7 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "jaxmodels"
 
 # Lowest first. A module may import its own layer and the layers below it.
 LAYERS = [
-    {"errors", "registry", "files"},
+    {"errors", "registry", "files", "runtime"},
     {"models"},
     {"config"},
     {"data", "parallel"},
