@@ -136,3 +136,21 @@ def test_a_regression_run_is_named_after_its_objective(tmp_path):
     assert summary["flops_source"] == "xla" and summary["flops_per_example"] > 0
     assert 0 < summary["mfu"] < 1 and summary["compilations"]["train_step"] == 1
     assert (tmp_path / "curves.png").exists()
+
+
+def test_a_repeated_sigterm_keeps_saving_and_a_second_sigint_stops_at_once():
+    import os
+    import signal
+
+    from jaxmodels.training.loop import _SignalFlag
+
+    flag = _SignalFlag()
+    with flag:
+        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGTERM)  # handled at the next bytecode: no interrupt
+        assert flag.received == signal.SIGTERM
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            for _ in range(1000):  # the handler runs between bytecodes
+                pass
+    assert signal.getsignal(signal.SIGTERM) is not flag._handle  # handlers restored

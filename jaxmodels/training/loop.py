@@ -303,7 +303,7 @@ def _write_json(path: pathlib.Path, obj) -> None:
 
 class _SignalFlag:
     """Records SIGTERM/SIGINT instead of dying mid-step; the loop stops at the next step boundary.
-    A second signal interrupts at once. Handlers exist while `train` runs (start-up, the steps,
+    A second SIGINT interrupts at once; a repeated SIGTERM changes nothing. Handlers exist while `train` runs (start-up, the steps,
     the final evaluation, weights and summary), and only in the main thread (Python allows
     handlers nowhere else). Re-entrant: an inner `with` of the same flag changes nothing.
 
@@ -341,8 +341,15 @@ class _SignalFlag:
 
     def _handle(self, signum, frame):
         del frame
+        # A second SIGINT is a user pressing Ctrl-C again: stop at once. A repeated SIGTERM
+        # only says again what the first one said, and it does come twice (a process group and
+        # a direct kill, a scheduler's notice and its retry, a sweep worker's parent-death
+        # signal racing the forwarded one); stopping at once would throw away the checkpoint
+        # being saved, so it is ignored.
         if self.received is not None:
-            raise KeyboardInterrupt
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            return
         self.received = signum
 
     def __enter__(self):
