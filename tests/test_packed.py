@@ -307,7 +307,12 @@ def test_tiny_transformer_lm_packed_equals_the_loop(tmp_path):
                                               starts=[packed.unstack(p.init_fn(), 1)])
     assert_trees_close(packed.unstack(states, 1).params, state.params)
     assert summaries[1]["train_loss"] == pytest.approx(train_loss, rel=LOSS_RTOL)
-    assert summaries[0]["train_loss"] != pytest.approx(summaries[1]["train_loss"], rel=1e-3)
+    # The members really are two models (a packing that broadcast one would pass the checks
+    # above). Compared on parameters: the two losses can land within 0.1 % of each other on
+    # some corpora (this one is the README, which changes).
+    first = jax.tree.leaves(packed.unstack(states, 0).params)
+    second = jax.tree.leaves(packed.unstack(states, 1).params)
+    assert not all(np.allclose(a, b, rtol=1e-3) for a, b in zip(first, second))
 
 
 # ---------------------------------------------------------------------------------------------
