@@ -547,3 +547,29 @@ def test_import_has_no_side_effects(tmp_path):
                          text=True, timeout=120, check=True)
     assert json.loads(out.stdout.strip().splitlines()[-1]) == []
     assert not (tmp_path / "home").exists() and not (tmp_path / "cache").exists()
+
+
+def test_hf_tokenizer_round_trips_text_and_its_json(tmp_path):
+    """A tokenizer.json from the `tokenizers` package (what save_pretrained ships) encodes
+    without special tokens, decodes back to the text, and survives to_json/from_json."""
+    from tokenizers import Tokenizer as HFTok, decoders, models, pre_tokenizers, trainers
+
+    from jaxmodels.data.tokenizers import HFTokenizer, tokenizer_from_json
+
+    raw = HFTok(models.BPE())
+    raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    raw.decoder = decoders.ByteLevel()
+    raw.train_from_iterator(["to be or not to be\nthat is the question"] * 20,
+                            trainers.BpeTrainer(vocab_size=280,
+                                                initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    raw.save(str(tmp_path / "tokenizer.json"))
+    tok = HFTokenizer.from_dir(tmp_path)
+    text = "to be, or not\nthe question é"
+    ids = tok.encode(text)
+    assert ids.dtype == np.int32 and ids.max() < tok.vocab_size
+    assert ids.tolist() == raw.encode(text, add_special_tokens=False).ids
+    assert tok.decode(ids) == text
+    again = tokenizer_from_json(tok.to_json())
+    assert again.encode(text).tolist() == ids.tolist() and again.vocab_size == tok.vocab_size
+    with pytest.raises(FileNotFoundError, match="tokenizer.json"):
+        HFTokenizer.from_dir(tmp_path / "missing")

@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import io
 import itertools
+import pathlib
 from collections.abc import Callable
 from typing import Literal, Protocol
 
@@ -273,12 +274,62 @@ class BPETokenizer:
         return tok
 
 
+class HFTokenizer:
+    """A Hugging Face `tokenizers` tokenizer (the tokenizer.json shipped beside a checkpoint).
+
+    Encoding adds no special tokens (a corpus is one stream of text; BOS/EOS are the data's
+    business), so ids are exactly the model's own. to_json keeps the whole tokenizer.json
+    text, so a workdir rebuilds it without the checkpoint folder.
+    """
+    kind = "hf"
+
+    def __init__(self, tokenizer_json: str):
+        from tokenizers import Tokenizer as _Tok  # Lazy: only imported checkpoints need it.
+
+        self._json = tokenizer_json
+        try:
+            self._tok = _Tok.from_str(tokenizer_json)
+        except Exception as e:  # the Rust side raises its own Exception type
+            raise ValueError(f"not a Hugging Face tokenizer.json ({' '.join(str(e).split())})") from None
+        self.vocab_size = int(self._tok.get_vocab_size(with_added_tokens=True))
+
+    @classmethod
+    def from_dir(cls, path) -> HFTokenizer:
+        """The tokenizer.json in checkpoint folder `path` (or the file itself)."""
+        path = pathlib.Path(path)
+        file = path / "tokenizer.json" if path.is_dir() else path
+        if not file.is_file():
+            raise FileNotFoundError(f"{file} does not exist: a Hugging Face tokenizer is a "
+                                    f"tokenizer.json file (save_pretrained writes one)")
+        return cls(file.read_text(encoding="utf-8"))
+
+    def encode(self, text: str) -> np.ndarray:
+        return np.asarray(self._tok.encode(text, add_special_tokens=False).ids, np.int32)
+
+    def encode_many(self, texts: list[str]) -> list[np.ndarray]:
+        """encode of each text, in parallel on the Rust side (prepare's fast path)."""
+        out = self._tok.encode_batch(texts, add_special_tokens=False)
+        return [np.asarray(e.ids, np.int32) for e in out]
+
+    def decode(self, ids) -> str:
+        return self._tok.decode(_as_ids(ids, self.vocab_size).tolist(), skip_special_tokens=False)
+
+    def to_json(self) -> dict:
+        return {"kind": self.kind, "vocab_size": self.vocab_size, "tokenizer_json": self._json}
+
+    @classmethod
+    def from_json(cls, d: dict) -> HFTokenizer:
+        _check_json(d, cls.kind)
+        return cls(d["tokenizer_json"])
+
+
 # ---------------------------------------------------------------------------------------------
 
 _FROM_JSON: dict[str, Callable[[dict], Tokenizer]] = {
     "char": CharTokenizer.from_json,
     "byte": ByteTokenizer.from_json,
     "bpe": BPETokenizer.from_json,
+    "hf": HFTokenizer.from_json,
 }
 
 
