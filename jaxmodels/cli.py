@@ -98,6 +98,9 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("fit", add_help=False,
                    help="fit scaling laws to a CSV/JSONL table of params, tokens, loss "
                         "(jaxmodels fit --help)")
+    sub.add_parser("prepare", add_help=False,
+                   help="tokenise text into a token store for data.dataset=tokens "
+                        "(jaxmodels prepare --help)")
     sweep = sub.add_parser("sweep", help="train every run of a sweep file into --workdir/<run>, "
                                          "skipping finished runs")
     sweep.add_argument("sweep_file", help="a Python file defining get_sweep(tiny=False)")
@@ -187,6 +190,11 @@ def _main(argv: list[str]) -> int:
         from jaxmodels.scaling import fit
 
         return fit.main(argv[1:])
+    if argv[:1] == ["prepare"]:
+        # `prepare` writes a token store, not a run: its own parser (data/prepare.py).
+        from jaxmodels.data import prepare
+
+        return prepare.main(argv[1:])
     parser = _parser()
     # Overrides may also follow flags (`CONFIG --tiny train.steps=5`), which argparse alone
     # leaves over as unknown arguments.

@@ -53,6 +53,9 @@ class DataConfig:
     tokenizer: Literal["char", "byte", "bpe"] = "char"
     vocab_size: int = 1024
     eval_windows: int | None = 256
+    # Text only: windows the final evaluation reads, spread evenly over the split (None: all of
+    # it); summary.json's eval_fraction says how much of the split that was.
+    final_eval_windows: int | None = None
 
     def problems(self):
         out = [(n, f"must be positive, got {getattr(self, n)}")
@@ -60,12 +63,16 @@ class DataConfig:
                if getattr(self, n) <= 0]
         if self.eval_windows is not None and self.eval_windows <= 0:
             out.append(("eval_windows", f"must be positive or none, got {self.eval_windows}"))
+        if self.final_eval_windows is not None and self.final_eval_windows <= 0:
+            out.append(("final_eval_windows", f"must be positive or none, got {self.final_eval_windows}"))
         if self.dataset not in registry.DATASETS:
             near = difflib.get_close_matches(self.dataset, list(registry.DATASETS), n=1)
             hint = f"did you mean {near[0]!r}?" if near else f"registered: {', '.join(sorted(registry.DATASETS))}"
             out.append(("dataset", f"={self.dataset!r} is not a registered dataset: {hint}"))
         if self.dataset == "text" and self.data_dir is None:
             out.append(("data_dir", "must name a text file or folder when data.dataset=text"))
+        if self.dataset == "tokens" and self.data_dir is None:
+            out.append(("data_dir", "must name a token store (jaxmodels prepare) when data.dataset=tokens"))
         return out
 
 

@@ -161,6 +161,7 @@ for _name in ("mnist", "fashion_mnist", "digits"):
     register_dataset(_name, "jaxmodels.data.builtin:image_source")
 for _name in ("shakespeare", "wikipedia", "text", "tiny_shakespeare", "wikitext2", "enwik8"):
     register_dataset(_name, "jaxmodels.data.builtin:text_source")
+register_dataset("tokens", "jaxmodels.data.builtin:tokens_source")
 register_objective("cross_entropy", "jaxmodels.training.objectives:cross_entropy")
 register_objective("mse", "jaxmodels.training.objectives:mse")
 # Placeholders that config.json names when `jaxmodels.fit` was handed the data or the loss in

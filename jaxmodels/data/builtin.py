@@ -118,10 +118,19 @@ class LMTask:
         return LMBatches(self.ids["train"], batch_size=self.cfg.batch_size,
                               seq_len=self.cfg.seq_len, seed=seed)
 
+    def local_train_batches(self, seed: int, rows: slice):
+        """Only `rows` of each training batch (source.py: a multi-host process's own rows)."""
+        return LMBatches(self.ids["train"], batch_size=self.cfg.batch_size,
+                         seq_len=self.cfg.seq_len, seed=seed, rows=rows)
+
+    def split_examples(self, split: str) -> int:
+        """Targets in the whole split (what a full evaluation scores)."""
+        return len(self.ids[split]) - 1
+
     def eval_batches(self, split: str, *, periodic: bool = False) -> Iterator[dict]:
-        # Periodic validation reads the split's first eval_windows windows (fast and always the
-        # same ones, so curves are comparable); the final evaluation reads all of it.
-        limit = self.cfg.eval_windows if periodic else None
+        # Periodic validation reads eval_windows windows spread over the split (fast and always
+        # the same ones, so curves are comparable); the final one final_eval_windows (None: all).
+        limit = self.cfg.eval_windows if periodic else self.cfg.final_eval_windows
         return lm_eval_batches(self.ids[split], batch_size=self.cfg.eval_batch_size,
                                     seq_len=self.cfg.seq_len, max_windows=limit)
 
@@ -147,3 +156,24 @@ def text_source(cfg: DataConfig) -> LMTask:
         raise UserError(f"data.seq_len={cfg.seq_len} is longer than the shortest split of "
                         f"{cfg.dataset} ({shortest} tokens): lower data.seq_len")
     return LMTask(corpus, tokenizer, ids, cfg)
+
+
+@dataclasses.dataclass(frozen=True)
+class _StoreCorpus:
+    """What LMTask reads of a corpus (name, source), for a token store."""
+    name: str
+    source: str
+
+
+def tokens_source(cfg: DataConfig) -> LMTask:
+    """A token store written by `jaxmodels prepare` (data/token_store.py), memory-mapped: the
+    splits stay on disk and LMBatches gathers each batch's windows from the map."""
+    from jaxmodels.data import token_store
+
+    store = token_store.open_store(cfg.data_dir)
+    shortest = min(len(v) for v in store.ids.values())
+    if cfg.seq_len + 1 > shortest:
+        raise UserError(f"data.seq_len={cfg.seq_len} is longer than the shortest split of "
+                        f"{store.folder} ({shortest} tokens): lower data.seq_len")
+    corpus = _StoreCorpus("tokens", f"token store {store.folder}, {store.index['dtype']}")
+    return LMTask(corpus, store.tokenizer(), dict(store.ids), cfg)

@@ -42,11 +42,13 @@ class LMBatches:
     position=k) continues the stream identically. Gathering is one fancy index into a strided
     view of ids (no copy of the split): tens of microseconds a batch at B=32, T=64.
 
-    ids may be any integer dtype (uint16 keeps a large split small); batches are int32.
+    ids may be any integer dtype (uint16 keeps a large split small, a np.memmap keeps it on
+    disk); batches are int32. `rows` (a slice of 0..batch_size) makes every batch only those
+    rows of the global batch: a process of a multi-host run gathers only its own windows.
     """
 
     def __init__(self, ids: np.ndarray, *, batch_size: int, seq_len: int, seed: int,
-                 position: int = 0):
+                 position: int = 0, rows: slice | None = None):
         ids = _check_ids(ids)
         self._batch_size = _check_positive("batch_size", batch_size)
         self._seq_len = _check_positive("seq_len", seq_len)
@@ -59,6 +61,8 @@ class LMBatches:
         # Row s is ids[s : s+T+1]; a view, so it costs nothing whatever the split's size.
         self._windows = np.lib.stride_tricks.sliding_window_view(ids, self._seq_len + 1)
         self._seed = int(seed)
+        self._rows = slice(None) if rows is None else rows
+        self._local = len(range(self._batch_size)[self._rows])
         self._position = 0
         self.set_state({"position": position, "seed": self._seed})
 
@@ -99,12 +103,13 @@ class LMBatches:
         return self
 
     def __next__(self) -> dict[str, np.ndarray]:
-        window_BT1 = self._windows[self.starts(self._position)]
+        # Starts of the whole batch, then this stream's rows: every process draws the same B.
+        window_BT1 = self._windows[self.starts(self._position)[self._rows]]
         self._position += 1
         return {
             "inputs": np.array(window_BT1[:, :-1], dtype=np.int32, order="C"),
             "targets": np.array(window_BT1[:, 1:], dtype=np.int32, order="C"),
-            "mask": np.ones((self._batch_size, self._seq_len), np.float32),
+            "mask": np.ones((self._local, self._seq_len), np.float32),
         }
 
     def get_state(self) -> dict:

@@ -19,6 +19,15 @@ Training streams are resumable by construction, one of two ways:
   * the iterator keeps its own state (a grain DatasetIterator), which get_state exports.
 Either way get_state() is JSON (the loop writes it into every checkpoint) and set_state(state)
 on a fresh stream from the same source and seed continues exactly where the old one stopped.
+
+Multi-host reading (optional): a source may also have
+    local_train_batches(seed, rows: slice) -> BatchStream
+whose batch k is rows `rows` (of 0..B) of train_batches(seed)'s batch k, and nothing else read.
+With several processes the loop then asks each process for its own rows only (parallel/
+distributed.py train_stream; put_batch assembles the global array from the processes' rows);
+a source without it keeps working, every process building the whole batch and keeping its rows.
+A source may also have split_examples(split) -> int, the examples (targets) a full evaluation
+of the split scores, so summary.json can say what share of it a bounded final evaluation read.
 """
 
 from __future__ import annotations

@@ -139,6 +139,44 @@ def process_rows(sharding: NamedSharding, global_rows: int) -> slice:
     return slice(start, stop)
 
 
+class LocalBatch(dict):
+    """A batch holding only this process's rows of a global batch of `global_rows`."""
+
+    global_rows: int = 0
+
+
+class LocalStream:
+    """A source's local_train_batches stream, its batches marked as LocalBatch for put_batch;
+    get_state/set_state are the inner stream's (the state of a (seed, k) stream is k)."""
+
+    def __init__(self, inner, global_rows: int):
+        self.inner, self.global_rows = inner, global_rows
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> LocalBatch:
+        batch = LocalBatch(next(self.inner))
+        batch.global_rows = self.global_rows
+        return batch
+
+    def get_state(self) -> dict:
+        return self.inner.get_state()
+
+    def set_state(self, state: dict) -> None:
+        self.inner.set_state(state)
+
+
+def train_stream(source, seed: int, sharding: NamedSharding, global_rows: int):
+    """The training stream of `source` for this process: with several processes and a source
+    that has local_train_batches (see data/source.py), only this process's rows are read;
+    otherwise the global batch, of which put_batch keeps this process's rows."""
+    local = getattr(source, "local_train_batches", None)
+    if jax.process_count() == 1 or local is None:
+        return source.train_batches(seed)
+    return LocalStream(local(seed, process_rows(sharding, global_rows)), global_rows)
+
+
 def put_batch(batch: dict, sharding: NamedSharding) -> dict:
     """A global batch (the same numpy arrays on every process) ready for a jitted step whose
     `in_shardings` give this batch `sharding`: with several processes, sharded jax Arrays to
@@ -151,6 +189,10 @@ def put_batch(batch: dict, sharding: NamedSharding) -> dict:
     """
     if jax.process_count() == 1:
         return {key: np.asarray(value) for key, value in batch.items()}
+    if isinstance(batch, LocalBatch):  # already this process's rows (train_stream)
+        return {key: jax.make_array_from_process_local_data(
+                    sharding, np.asarray(value), (batch.global_rows, *np.shape(value)[1:]))
+                for key, value in batch.items()}
     # Every array of a batch shares its leading (batch) dimension: one row range serves them all.
     rows = process_rows(sharding, len(next(iter(batch.values()))))
     return {key: jax.make_array_from_process_local_data(sharding, np.asarray(value)[rows],

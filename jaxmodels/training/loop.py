@@ -446,7 +446,7 @@ def _session(s: Setup, ckpt, workdir: pathlib.Path, main: bool, log, t_start: fl
     run = RunCheckpoint(ckpt, s, workdir, log, t_start)
     resumed = run.resume()
     state, ls, records = (s.init_fn(), LoopState(), []) if resumed is None else resumed
-    batches = s.task.train_batches(cfg.train.seed)
+    batches = distributed.train_stream(s.task, cfg.train.seed, s.batch_sharding, cfg.data.batch_size)
     if ls.data is not None:
         batches.set_state(ls.data)
     if main:
@@ -574,7 +574,7 @@ def _finish(s: Setup, state, evaluator, mlog, meter, ls, n_params, start_step, w
                           title=f"{cfg.name} ({type(s.model).__name__})",
                           loss_label=s.objective.loss_label)
     print(f"{cfg.name}: {cfg.data.eval_split} {describe(final)} "
-          f"({final['examples']:,} examples) after {summary['step']:,} "
+          f"({final['examples']:,} examples{summary_lib.coverage(summary)}) after {summary['step']:,} "
           f"steps in {summary['wall_time_s']:.1f} s; {summary['examples_per_sec'] or 0:,.0f} train examples/s",
           file=sys.stderr)
     return summary

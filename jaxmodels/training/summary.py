@@ -41,6 +41,7 @@ def build(s, *, step: int, log, final: dict, meter, ls, n_params: int, wall_time
         "epochs": s.total_steps / s.steps_per_epoch,
         "objective": s.objective.name,
         **metric_keys(log.last_train, log.last_val, final, cfg.data.eval_split),
+        **eval_read(s.task, cfg.data.eval_split, final),
         "params": n_params,
         "non_embedding_params": getattr(acc, "non_embedding_params", None),
         "examples_seen": examples,
@@ -62,3 +63,19 @@ def build(s, *, step: int, log, final: dict, meter, ls, n_params: int, wall_time
         "parallel": s.parallel.as_dict(),
         "jax_version": jax.__version__,
     }
+
+
+def eval_read(task, split: str, final: dict) -> dict:
+    """How much of the eval split the final evaluation read (data.final_eval_windows), for a
+    source that knows its split's size (split_examples); nothing otherwise."""
+    size = getattr(task, "split_examples", None)
+    if size is None or split not in task.splits:
+        return {}
+    total = size(split)
+    return {"eval_split_examples": total, "eval_fraction": final["examples"] / max(total, 1)}
+
+
+def coverage(summary: dict) -> str:
+    """", 12.5% of the split" for the final log line, when the summary knows it."""
+    fraction = summary.get("eval_fraction")
+    return "" if fraction is None else f", {100 * fraction:.1f}% of the split"
