@@ -1,0 +1,236 @@
+"""Token stores (data/token_store.py, data/prepare.py, data.dataset=tokens).
+
+Equalities: a store's windows detokenise to the source text; training from a store equals
+training on the same text loaded the old way (the same ids, so the same batches); a resumed
+run equals an uninterrupted one; two processes reading only their own rows equal one process
+of 8 devices, and their rows are disjoint and make up the global batch.
+"""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+import jaxmodels
+from jaxmodels import config as C
+from jaxmodels.data import prepare, token_store
+from jaxmodels.data.lm import LMBatches
+from jaxmodels.errors import DataError
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+GPT = ROOT / "experiments/configs/gpt_shakespeare.py"
+TINY = ["model.d_model=16", "model.num_heads=2", "model.num_layers=1", "model.max_len=16",
+        "data.seq_len=16", "data.batch_size=8", "data.eval_batch_size=64", "data.eval_windows=8",
+        "train.steps=4", "train.log_every=1", "train.eval_every=2"]
+# Non-ASCII on every line, so the char vocabulary (trained on train) covers validation too.
+TEXT = "".join(f"line {i}: caf\u00e9 na\u00efve \u2603 the quick brown fox jumps over {i * i}\n"
+               for i in range(400))
+
+
+@pytest.fixture(scope="module")
+def text_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("text") / "corpus.txt"
+    path.write_text(TEXT, encoding="utf-8")
+    return path
+
+
+def _prepare(inputs, out, tokenizer="char"):
+    return prepare.prepare([str(i) for i in inputs], out, tokenizer=tokenizer, progress=False)
+
+
+@pytest.mark.parametrize("kind", ["char", "byte"])
+def test_windows_detokenise_to_the_source_text(kind, text_file, tmp_path):
+    from jaxmodels.data.text import load_text_files
+
+    _prepare([text_file], tmp_path / "s", kind)
+    store = token_store.open_store(tmp_path / "s")
+    tok = store.tokenizer()
+    corpus = load_text_files(data_dir=str(text_file))
+    for split in ("train", "validation"):
+        ids = store.ids[split]
+        assert isinstance(ids, np.memmap) and ids.dtype == np.uint16
+        assert tok.decode(np.asarray(ids)) == corpus.splits[split]
+        # A training window is a slice of the text (byte windows may cut a character).
+        if kind == "char":
+            b = LMBatches(ids, batch_size=4, seq_len=16, seed=3)
+            starts, window = b.starts(0), next(b)
+            for s, row in zip(starts, window["inputs"]):
+                assert tok.decode(row) == corpus.splits[split][s:s + 16]
+    assert store.docs("train").tolist() == [0, len(store.ids["train"])]
+
+
+def test_hf_tokenizer_round_trip(text_file, tmp_path):
+    tokenizers = pytest.importorskip("tokenizers")
+    from tokenizers import models, pre_tokenizers, trainers, decoders
+
+    hf = tokenizers.Tokenizer(models.BPE())
+    hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    hf.decoder = decoders.ByteLevel()
+    hf.train_from_iterator([TEXT], trainers.BpeTrainer(
+        vocab_size=300, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    hf.save(str(tmp_path / "tokenizer.json"))
+    _prepare([text_file], tmp_path / "s", str(tmp_path))
+    store = token_store.open_store(tmp_path / "s")
+    text = store.tokenizer().decode(np.asarray(store.ids["train"]))
+    assert TEXT.startswith(text) and len(text) > 0.8 * len(TEXT)
+
+
+def test_cli_prepare_writes_a_store(text_file, tmp_path):
+    out = subprocess.run([sys.executable, "-m", "jaxmodels.cli", "prepare", str(text_file),
+                          "--out", str(tmp_path / "s"), "--tokenizer", "byte"],
+                         cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    summary = json.loads(out.stdout)
+    assert summary["tokens"]["train"] + summary["tokens"]["validation"] == len(TEXT.encode())
+    assert token_store.open_store(tmp_path / "s").vocab_size == 256
+
+
+def _damage(store: pathlib.Path, how: str) -> str:
+    if how == "missing index":
+        (store / "index.json").unlink()
+        return "has no index.json"
+    if how == "truncated":
+        data = (store / "train.bin").read_bytes()
+        (store / "train.bin").write_bytes(data[:-2])
+        return "truncated"
+    if how == "corrupt":
+        data = bytearray((store / "train.bin").read_bytes())
+        data[10] ^= 1
+        (store / "train.bin").write_bytes(bytes(data))
+        return "sha256 differs"
+    if how == "other tokenizer":
+        tok = json.loads((store / "tokenizer.json").read_text())
+        tok["code_points"] = tok["code_points"][::-1][:-1] + tok["code_points"][:1]
+        (store / "tokenizer.json").write_text(json.dumps(tok))
+        return "not the one its tokens were made with"
+    if how == "absent":
+        return "does not exist"
+    raise AssertionError(how)
+
+
+@pytest.mark.parametrize("how", ["missing index", "truncated", "corrupt", "other tokenizer",
+                                 "absent"])
+def test_a_damaged_store_is_one_line_before_compile(how, text_file, tmp_path):
+    store = tmp_path / "s"
+    if how != "absent":
+        _prepare([text_file], store)
+    expected = _damage(store, how)
+    with pytest.raises(DataError, match=expected) as e:
+        token_store.open_store(store)
+    assert "\n" not in str(e.value)
+    # Through the CLI: exit 2 and the one line, before anything compiles.
+    out = subprocess.run([sys.executable, "-m", "jaxmodels.cli", "train", str(GPT), "--tiny",
+                          "data.dataset=tokens", f"data.data_dir={store}", *TINY,
+                          "--workdir", str(tmp_path / "run")],
+                         cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert expected in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def test_rows_are_disjoint_and_make_up_the_batch(text_file, tmp_path):
+    _prepare([text_file], tmp_path / "s")
+    ids = token_store.open_store(tmp_path / "s").ids["train"]
+    whole = LMBatches(ids, batch_size=8, seq_len=16, seed=5, position=3)
+    parts = [LMBatches(ids, batch_size=8, seq_len=16, seed=5, position=3, rows=slice(a, a + 4))
+             for a in (0, 4)]
+    for _ in range(2):
+        batch, pieces = next(whole), [next(p) for p in parts]
+        for key in batch:
+            assert all(p[key].shape[0] == 4 for p in pieces)
+            np.testing.assert_array_equal(np.concatenate([p[key] for p in pieces]), batch[key])
+
+
+def _metrics(workdir):
+    return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_training_from_a_store_equals_training_on_the_text(text_file, tmp_path):
+    _prepare([text_file], tmp_path / "s")
+    base = C.load(GPT, tiny=True)
+    old = jaxmodels.train(C.apply_overrides(base, [*TINY, "data.dataset=text",
+                                                   f"data.data_dir={text_file}"]), tmp_path / "old")
+    new = jaxmodels.train(C.apply_overrides(base, [*TINY, "data.dataset=tokens",
+                                                   f"data.data_dir={tmp_path / 's'}",
+                                                   "data.final_eval_windows=3"]), tmp_path / "new")
+    assert [m["loss"] for m in _metrics(tmp_path / "new")] == [m["loss"] for m in _metrics(tmp_path / "old")]
+    # The workdir's tokenizer is the store's, so `sample` decodes with it.
+    saved = json.loads((tmp_path / "new" / "tokenizer.json").read_text())
+    assert saved == json.loads((tmp_path / "s" / "tokenizer.json").read_text())
+    # final_eval_windows bounds the final evaluation, and the summary says how much it read.
+    assert old["eval_fraction"] == 1.0
+    assert new["eval_examples"] == 3 * 16 and new["eval_examples"] < old["eval_examples"]
+    assert new["eval_fraction"] == pytest.approx(48 / new["eval_split_examples"])
+    assert new["eval_split_examples"] == old["eval_split_examples"]
+
+
+def test_resume_across_an_epoch_boundary_is_exact(tmp_path):
+    # 1,800 train tokens are 112 windows of 16, an epoch every 14 steps of 8: steps 1..10,
+    # stop, then 11..20 from the checkpoint (crossing step 14) == 1..20 in one go.
+    small = tmp_path / "small.txt"
+    small.write_text(TEXT[:2000], encoding="utf-8")
+    _prepare([small], tmp_path / "s")
+    base = C.apply_overrides(C.load(GPT, tiny=True), [
+        *TINY, "data.dataset=tokens", f"data.data_dir={tmp_path / 's'}", "train.eval_every=none",
+        "train.log_every=1"])
+    straight = jaxmodels.train(C.apply_overrides(base, ["train.steps=20"]), tmp_path / "a")
+    jaxmodels.train(C.apply_overrides(base, ["train.steps=10", "checkpoint.every_steps=10"]),
+                    tmp_path / "b")
+    resumed = jaxmodels.train(C.apply_overrides(base, ["train.steps=20",
+                                                       "checkpoint.every_steps=10"]), tmp_path / "b")
+    assert resumed["resumed_from"] == [10] and straight["epochs"] > 1
+    assert [m["loss"] for m in _metrics(tmp_path / "b")] == [m["loss"] for m in _metrics(tmp_path / "a")]
+    assert resumed["eval_loss"] == straight["eval_loss"]
+
+
+DRIVER = """
+import json, sys
+from jaxmodels import config as C
+from jaxmodels.parallel import distributed
+from jaxmodels.training import loop
+path, workdir, coordinator, pid, *overrides = sys.argv[1:]
+distributed.start(None, coordinator, 2, int(pid))
+first = []
+inner_next = distributed.LocalStream.__next__
+def spy(self):
+    batch = inner_next(self)
+    if not first:
+        first.append(batch["inputs"].tolist())
+    return batch
+distributed.LocalStream.__next__ = spy
+summary = loop.train(C.apply_overrides(C.load(path, tiny=True), overrides), workdir)
+print("SUMMARY " + json.dumps({"summary": summary, "first": first}))
+"""
+
+
+@pytest.mark.skipif(len(jax.devices()) < 8, reason="the reference run needs 8 devices")
+def test_two_processes_read_their_own_rows_and_match_one(text_file, tmp_path):
+    from tests.test_multihost import _env, _finish, _free_port, _start
+
+    _prepare([text_file], tmp_path / "s")
+    overrides = [*TINY, "data.dataset=tokens", f"data.data_dir={tmp_path / 's'}",
+                 "parallel.preset=fsdp"]
+    one = jaxmodels.train(C.apply_overrides(C.load(GPT, tiny=True), overrides), tmp_path / "one")
+    port = _free_port()
+    results = _finish([_start(["-c", DRIVER, str(GPT), str(tmp_path / "two"),
+                               f"127.0.0.1:{port}", str(i), *overrides], _env())
+                       for i in range(2)])
+    outs = []
+    for rc, out, err in results:
+        assert rc == 0, err[-3000:]
+        outs.append(json.loads(out.split("SUMMARY ", 1)[1]))
+    # Each process read 4 of the 8 rows of batch 0; together they are the global batch.
+    ids = token_store.open_store(tmp_path / "s").ids["train"]
+    batch0 = next(LMBatches(ids, batch_size=8, seq_len=16, seed=0))["inputs"]
+    assert [len(o["first"][0]) for o in outs] == [4, 4]
+    np.testing.assert_array_equal(np.concatenate([o["first"][0] for o in outs]), batch0)
+    two = [m["loss"] for m in _metrics(tmp_path / "two")]
+    np.testing.assert_allclose(two, [m["loss"] for m in _metrics(tmp_path / "one")], rtol=1e-5)
+    np.testing.assert_allclose(outs[0]["summary"]["eval_loss"], one["eval_loss"], rtol=1e-5)
