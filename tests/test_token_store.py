@@ -235,3 +235,18 @@ def test_two_processes_read_their_own_rows_and_match_one(text_file, tmp_path):
     two = [m["loss"] for m in _metrics(tmp_path / "two")]
     np.testing.assert_allclose(two, [m["loss"] for m in _metrics(tmp_path / "one")], rtol=1e-5)
     np.testing.assert_allclose(outs[0]["summary"]["eval_loss"], one["eval_loss"], rtol=1e-5)
+
+
+def test_windows_read_from_the_file_equal_windows_of_the_array(tmp_path):
+    from jaxmodels.data.lm import _FileWindows
+
+    ids = np.random.default_rng(0).integers(0, 500, 10_000).astype(np.uint16)
+    ids.tofile(tmp_path / "t.bin")
+    mapped = np.memmap(tmp_path / "t.bin", dtype=np.uint16, mode="r")
+    direct = LMBatches(ids, batch_size=8, seq_len=16, seed=1)
+    by_file = LMBatches(mapped, batch_size=8, seq_len=16, seed=1, rows=slice(2, 6))
+    assert isinstance(by_file._windows, _FileWindows)  # pread, not page faults (RSS)
+    for _ in range(3):
+        a, b = next(direct), next(by_file)
+        for key in a:
+            np.testing.assert_array_equal(a[key][2:6], b[key])

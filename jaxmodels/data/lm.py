@@ -11,6 +11,8 @@ are contiguous windows covering the split once, the last padded with mask 0.
 
 from __future__ import annotations
 
+import mmap
+import os
 from collections.abc import Iterator
 
 import numpy as np
@@ -33,6 +35,41 @@ def _check_positive(name: str, value) -> int:
     return int(value)
 
 
+class _FileWindows:
+    """Rows ids[s : s+width] of a whole-file np.memmap, read with os.pread rather than through
+    the map: a page fault maps the kernel's whole (large) page-cache folio into the process,
+    so random windows through the map grow its resident memory towards the file's size
+    (about 0.5-3 MB per window measured here); pread copies only the window's bytes."""
+
+    def __init__(self, ids: np.memmap, width: int):
+        self._fd = os.open(ids.filename, os.O_RDONLY)
+        self._base, self._dtype, self._width = int(ids.offset), ids.dtype, width
+        self._len = len(ids) - width + 1
+
+    def __len__(self) -> int:
+        return self._len
+
+    def __getitem__(self, starts: np.ndarray) -> np.ndarray:
+        size = self._width * self._dtype.itemsize
+        out = np.empty((len(starts), self._width), self._dtype)
+        for row, start in enumerate(starts.tolist()):
+            out[row] = np.frombuffer(os.pread(self._fd, size, self._base + start * self._dtype.itemsize),
+                                     self._dtype)
+        return out
+
+    def __del__(self, _close=os.close):  # os may be gone when this runs at interpreter exit
+        fd = getattr(self, "_fd", None)
+        if fd is not None:
+            _close(fd)
+
+
+def _whole_file_map(ids: np.ndarray) -> bool:
+    # A memmap np.memmap() made itself (its base is the mmap); a slice of one has another
+    # offset than its `offset` attribute says, so it is read through the map instead.
+    return (isinstance(ids, np.memmap) and isinstance(ids.base, mmap.mmap)
+            and bool(ids.filename) and ids.flags.c_contiguous)
+
+
 class LMBatches:
     """Random windows of length seq_len+1 drawn by seed; resumable by one integer.
 
@@ -49,6 +86,7 @@ class LMBatches:
 
     def __init__(self, ids: np.ndarray, *, batch_size: int, seq_len: int, seed: int,
                  position: int = 0, rows: slice | None = None):
+        file_map = ids if _whole_file_map(ids) else None
         ids = _check_ids(ids)
         self._batch_size = _check_positive("batch_size", batch_size)
         self._seq_len = _check_positive("seq_len", seq_len)
@@ -58,8 +96,10 @@ class LMBatches:
             raise ValueError(f"a window of seq_len+1={self._seq_len + 1} tokens does not fit in "
                              f"a split of {len(ids)} tokens: lower seq_len or use more text")
         self._ids = ids
-        # Row s is ids[s : s+T+1]; a view, so it costs nothing whatever the split's size.
-        self._windows = np.lib.stride_tricks.sliding_window_view(ids, self._seq_len + 1)
+        # Row s is ids[s : s+T+1]; a view, so it costs nothing whatever the split's size (a
+        # file's memmap: read by pread, see _FileWindows).
+        self._windows = (_FileWindows(file_map, self._seq_len + 1) if file_map is not None else
+                         np.lib.stride_tricks.sliding_window_view(ids, self._seq_len + 1))
         self._seed = int(seed)
         self._rows = slice(None) if rows is None else rows
         self._local = len(range(self._batch_size)[self._rows])
