@@ -250,3 +250,30 @@ def test_windows_read_from_the_file_equal_windows_of_the_array(tmp_path):
         a, b = next(direct), next(by_file)
         for key in a:
             np.testing.assert_array_equal(a[key][2:6], b[key])
+
+
+def test_a_vocabulary_over_65536_is_stored_as_uint32(tmp_path):
+    class Big:
+        vocab_size = 70_000
+
+        def to_json(self):
+            return {"kind": "byte", "vocab_size": self.vocab_size}
+
+    docs = [np.array([1, 69_999, 65_536]), np.array([7, 8])]
+    token_store.write_store(tmp_path / "s", Big(), {"train": docs, "validation": docs[:1]})
+    store = token_store.open_store(tmp_path / "s")
+    assert store.ids["train"].dtype == np.uint32
+    assert store.ids["train"].tolist() == [1, 69_999, 65_536, 7, 8]
+    assert store.docs("train").tolist() == [0, 3, 5]
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["no/such/file.txt", "--out", "OUT"], "neither a file, a folder nor a corpus"),
+    (["TEXT", "--out", "OUT", "--tokenizer", "wordpiece"], "neither char, byte, bpe nor"),
+])
+def test_bad_prepare_arguments_are_one_line(argv, expected, text_file, tmp_path, capsys):
+    argv = [str(text_file) if a == "TEXT" else str(tmp_path / "o") if a == "OUT" else a
+            for a in argv]
+    assert prepare.main(argv) == 2
+    err = capsys.readouterr().err
+    assert expected in err and len(err.strip().splitlines()) == 1
