@@ -164,6 +164,10 @@ def test_training_from_a_store_equals_training_on_the_text(text_file, tmp_path):
     # The workdir's tokenizer is the store's, so `sample` decodes with it.
     saved = json.loads((tmp_path / "new" / "tokenizer.json").read_text())
     assert saved == json.loads((tmp_path / "s" / "tokenizer.json").read_text())
+    from jaxmodels.generate import generate_text
+
+    text = generate_text(tmp_path / "new", "caf\u00e9", max_new_tokens=5, temperature=0.0)
+    assert text.startswith("caf\u00e9") and len(text) == 9 and "\ufffd" not in text
     # final_eval_windows bounds the final evaluation, and the summary says how much it read.
     assert old["eval_fraction"] == 1.0
     # Three windows of 16 targets, the last of the split's short one among them.
