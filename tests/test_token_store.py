@@ -1,8 +1,8 @@
 """Token stores (data/token_store.py, data/prepare.py, data.dataset=tokens).
 
 Equalities: a store's windows detokenise to the source text; training from a store equals
-training on the same text loaded the old way (the same ids, so the same batches); a resumed
-run equals an uninterrupted one; two processes reading only their own rows equal one process
+training on the same text loaded the old way (the same ids, so the same batches); a run
+resumed from a checkpoint, or stopped by SIGTERM and relaunched, equals an uninterrupted one; two processes reading only their own rows equal one process
 of 8 devices, and their rows are disjoint and make up the global batch.
 """
 
@@ -281,3 +281,44 @@ def test_bad_prepare_arguments_are_one_line(argv, expected, text_file, tmp_path,
     assert prepare.main(argv) == 2
     err = capsys.readouterr().err
     assert expected in err and len(err.strip().splitlines()) == 1
+
+
+def test_sigterm_then_resume_across_epochs_is_exact(tmp_path):
+    import signal
+    import time
+
+    # 112 windows of 16: an epoch every 14 steps of 8, so a stop anywhere is epochs in.
+    small = tmp_path / "small.txt"
+    small.write_text(TEXT[:2000], encoding="utf-8")
+    _prepare([small], tmp_path / "s")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+
+    def argv(workdir):
+        return [sys.executable, "-m", "jaxmodels.cli", "train", str(GPT), "--tiny", *TINY,
+                "data.dataset=tokens", f"data.data_dir={tmp_path / 's'}", "train.steps=400",
+                "train.eval_every=none", "--workdir", str(workdir)]
+
+    straight = subprocess.run(argv(tmp_path / "a"), cwd=ROOT, env=env, capture_output=True,
+                              text=True, timeout=300)
+    assert straight.returncode == 0, straight.stderr[-2000:]
+    proc = subprocess.Popen(argv(tmp_path / "b"), cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    metrics, deadline = tmp_path / "b" / "metrics.jsonl", time.monotonic() + 300
+    while not metrics.exists() or len(metrics.read_text().splitlines()) < 30:
+        assert time.monotonic() < deadline and proc.poll() is None, "the run did not start"
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
+    stopped_at = int(err.strip().splitlines()[-1].split("after step ")[1].split(":")[0])
+    assert 14 < stopped_at < 400
+    again = subprocess.run(argv(tmp_path / "b"), cwd=ROOT, env=env, capture_output=True,
+                           text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert json.loads((tmp_path / "b" / "summary.json").read_text())["resumed_from"] == [stopped_at]
+    def learned(workdir):  # the numbers of the run, without its timings
+        return [{k: v for k, v in r.items() if not k.endswith(("_per_sec", "_s")) and k != "mfu"}
+                for r in _metrics(workdir)]
+
+    assert learned(tmp_path / "b") == learned(tmp_path / "a")
+    assert len(learned(tmp_path / "a")) == 400

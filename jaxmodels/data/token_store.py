@@ -13,7 +13,8 @@ Layout of the folder STORE (`jaxmodels prepare` writes it, data.dataset=tokens r
 Why a raw memory map and not ArrayRecord: a training window is T+1 contiguous tokens at a
 random offset; a memory map serves it as one slice of the page cache, with no record framing,
 no decompression and no per-record index lookup, and the same file answers windows of any T.
-benchmarks/token_store.py measures both (README "Token stores").
+benchmarks/token_store.py measures both (README "Token stores"). Training windows are read
+from the map's file with pread (data/lm.py _FileWindows), which keeps resident memory flat.
 
 Every check a damaged store can fail (missing index, truncated file, changed bytes, a
 tokenizer.json that is not the one the tokens were made with) raises a one-line DataError at
