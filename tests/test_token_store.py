@@ -322,3 +322,17 @@ def test_sigterm_then_resume_across_epochs_is_exact(tmp_path):
 
     assert learned(tmp_path / "b") == learned(tmp_path / "a")
     assert len(learned(tmp_path / "a")) == 400
+
+
+def test_spread_eval_windows_read_from_the_file_equal_the_array(tmp_path):
+    from jaxmodels.data.lm import lm_eval_batches
+
+    ids = np.random.default_rng(1).integers(0, 500, 5_003).astype(np.uint16)
+    ids.tofile(tmp_path / "t.bin")
+    mapped = np.memmap(tmp_path / "t.bin", dtype=np.uint16, mode="r")
+    a = list(lm_eval_batches(ids, batch_size=4, seq_len=16, max_windows=10))
+    b = list(lm_eval_batches(mapped, batch_size=4, seq_len=16, max_windows=10))
+    assert len(a) == len(b) == 3
+    for x, y in zip(a, b):
+        for key in x:
+            np.testing.assert_array_equal(x[key], y[key])

@@ -49,6 +49,12 @@ class _FileWindows:
     def __len__(self) -> int:
         return self._len
 
+    def read(self, start: int, count: int) -> np.ndarray:
+        """ids[start : start+count]."""
+        size = self._dtype.itemsize
+        return np.frombuffer(os.pread(self._fd, count * size, self._base + start * size),
+                             self._dtype)
+
     def __getitem__(self, starts: np.ndarray) -> np.ndarray:
         size = self._width * self._dtype.itemsize
         out = np.empty((len(starts), self._width), self._dtype)
@@ -182,6 +188,7 @@ def lm_eval_batches(ids: np.ndarray, *, batch_size: int, seq_len: int,
     mask 0.0 where the split runs out, and the last batch with whole windows of mask 0.0, so
     sum(mask) is the number of targets scored and a mask-weighted mean is the per-token loss.
     """
+    file_map = ids if _whole_file_map(ids) else None
     ids = _check_ids(ids)
     b = _check_positive("batch_size", batch_size)
     t = _check_positive("seq_len", seq_len)
@@ -190,21 +197,26 @@ def lm_eval_batches(ids: np.ndarray, *, batch_size: int, seq_len: int,
     num_windows = -(-(len(ids) - 1) // t)
     if max_windows is not None and _check_positive("max_windows", max_windows) < num_windows:
         chosen = np.unique(np.linspace(0, num_windows - 1, max_windows).round().astype(np.int64))
-        return _spread_eval_batches(ids, b, t, chosen)
+        # A file's windows by pread, as for training (a fault would map whole folios).
+        read = (_FileWindows(file_map, 1).read if file_map is not None
+                else lambda start, count: ids[start:start + count])
+        return _spread_eval_batches(read, len(ids), b, t, chosen)
     return _lm_eval_batches(ids, b, t, num_windows)
 
 
-def _spread_eval_batches(ids, b, t, windows):
-    """Batches of the given window indices (window j covers targets ids[jT+1 : jT+T+1])."""
+def _spread_eval_batches(read, num_ids, b, t, windows):
+    """Batches of the given window indices (window j covers targets ids[jT+1 : jT+T+1]);
+    read(start, count) gives ids[start : start+count]."""
     for k in range(0, len(windows), b):
         starts = windows[k:k + b] * t
         inputs = np.zeros((b, t), np.int32)
         targets = np.zeros((b, t), np.int32)
         mask = np.zeros((b, t), np.float32)
         for row, start in enumerate(starts):
-            n = min(t, len(ids) - 1 - int(start))
-            inputs[row, :n] = ids[start:start + n]
-            targets[row, :n] = ids[start + 1:start + n + 1]
+            n = min(t, num_ids - 1 - int(start))
+            window = read(int(start), n + 1)
+            inputs[row, :n] = window[:n]
+            targets[row, :n] = window[1:]
             mask[row, :n] = 1.0
         yield {"inputs": inputs, "targets": targets, "mask": mask}
 
