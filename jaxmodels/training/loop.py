@@ -227,7 +227,21 @@ def compile_steps(model, tx, schedule, example, parallel: config_lib.ParallelCon
                   objective=None) -> Compiled:
     """Shardings from the rules table and the jitted init/train/eval over `mesh` (importable, so
     tests compare any mesh with a one-device one)."""
-    init = lambda: init_state(model, tx, example, seed)  # noqa: E731
+    # The seed and the optimizer's runtime hyper-parameters (optim.make) are arguments of the
+    # compiled init, not constants, so runs that differ only in them share one program (and its
+    # persistent-cache entry); a seed outside int32 stays a constant.
+    traced_seed = -2**31 <= seed < 2**31
+    hyper = dict(getattr(schedule, "hyperparams", None) or {})
+
+    def init_of(seed_value, hyper_values):
+        state = init_state(model, tx, example, seed_value if traced_seed else seed)
+        if not hyper_values:
+            return state
+        return state.replace(opt_state=optim.with_hyperparams(state.opt_state, **hyper_values))
+
+    init_args = (np.int32(seed if traced_seed else 0),
+                 {k: np.float32(v) for k, v in hyper.items()})
+    init = functools.partial(init_of, *init_args)
     # Shardings are derived from shapes and logical names alone, before any parameter exists.
     state_sharding, report = sharding_lib.state_shardings(
         jax.eval_shape(init), abstract_variables(model, example)["params"], mesh,
@@ -236,7 +250,7 @@ def compile_steps(model, tx, schedule, example, parallel: config_lib.ParallelCon
     batch_sharding = mesh_lib.batch_sharding(mesh)
     replicated = mesh_lib.replicated(mesh)
     # The state is created inside jit with its output sharding, so it is born where it lives.
-    init_fn = jax.jit(init, out_shardings=state_sharding)
+    init_fn = functools.partial(jax.jit(init_of, out_shardings=state_sharding), *init_args)
     train_step = jax.jit(
         _under_activation_rules(
             step_lib.make_train_step(model, tx, objective, schedule=schedule, microbatches=microbatches,
