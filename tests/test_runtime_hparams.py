@@ -141,3 +141,25 @@ def test_second_run_of_a_learning_rate_sweep_compiles_nothing(tmp_path):
     assert summary2["train_loss"] != summary1["train_loss"]  # it did train another run
     print(f"compile time: run 1 {summary1['compile_time_s']:.2f} s, "
           f"run 2 {summary2['compile_time_s']:.2f} s")
+
+
+def test_packed_sweeps_of_other_rates_and_seeds_lower_to_one_program():
+    from jaxmodels.config import Config, DataConfig, TrainConfig
+    from jaxmodels.orchestration import packed
+
+    config = Config(name="packed_hlo", model=MLPConfig(hidden=(8,)),
+                    data=DataConfig(dataset="digits", batch_size=8),
+                    optimizer=OptimizerConfig(name="adam", learning_rate=2e-3,
+                                              schedule="warmup_cosine", warmup_steps=2),
+                    train=TrainConfig(steps=5, progress=False))
+
+    def lowered(variants):
+        p = packed.setup(config, variants)
+        states = jax.eval_shape(p.init_fn)
+        batch = packed.stack_batches([next(p.task.train_batches(0))] * len(variants))
+        return (p.init_fn.func.lower(*p.init_fn.args).as_text(),
+                p.train_step.lower(states, batch).as_text())
+
+    first = lowered([packed.Variant(seed=0), packed.Variant(seed=1, learning_rate=5e-3)])
+    second = lowered([packed.Variant(seed=4, learning_rate=1e-2), packed.Variant(seed=9)])
+    assert first == second
