@@ -163,3 +163,26 @@ def test_packed_sweeps_of_other_rates_and_seeds_lower_to_one_program():
     first = lowered([packed.Variant(seed=0), packed.Variant(seed=1, learning_rate=5e-3)])
     second = lowered([packed.Variant(seed=4, learning_rate=1e-2), packed.Variant(seed=9)])
     assert first == second
+
+
+def test_resume_with_another_learning_rate_trains_at_the_new_one(tmp_path):
+    # The checkpoint holds the old run's rate in its optimizer state; resume.py allows the
+    # change, so the relaunch's config must win, as it did when the rate was a constant.
+    import json
+
+    import jaxmodels
+    from jaxmodels import config as C
+    from test_checkpoint import MLP
+
+    def config(*overrides):
+        return C.apply_overrides(C.load(MLP, tiny=True), [
+            "data.dataset=digits", "train.log_every=1", "train.eval_every=none",
+            "checkpoint.async_save=false", "checkpoint.every_steps=3", *overrides])
+
+    jaxmodels.train(config("train.steps=3", "optimizer.learning_rate=1e-3"), tmp_path)
+    summary = jaxmodels.train(config("train.steps=5", "optimizer.learning_rate=4e-2"), tmp_path)
+    assert summary["resumed_from"] == [3]
+    rates = {r["step"]: r["learning_rate"] for r in map(json.loads,
+             (tmp_path / "metrics.jsonl").read_text().splitlines()) if "learning_rate" in r}
+    np.testing.assert_allclose([rates[s] for s in (1, 2, 3)], 1e-3, rtol=1e-6)
+    np.testing.assert_allclose([rates[s] for s in (4, 5)], 4e-2, rtol=1e-6)

@@ -112,6 +112,9 @@ class Setup:
     train_step: Any  # jitted, state donated
     eval_step: Any  # jitted
     parallel: sharding_lib.Report  # mesh, per-device bytes, what could not be split
+    # The config's runtime optimizer values (optim.make; empty for a user's optimizer): a resumed
+    # state takes these, not the checkpoint's, so an allowed change of learning rate applies.
+    hyperparams: dict = dataclasses.field(default_factory=dict)
 
 
 def total_steps(train_cfg: config_lib.TrainConfig, steps_per_epoch: float) -> int:
@@ -195,7 +198,8 @@ def setup(config: Config, parts: Parts | None = None) -> Setup:
                       microbatches=t.microbatches, nonfinite=t.nonfinite,
                       spike_sigma=t.spike_sigma, spike_window=t.spike_window, objective=objective)
     return Setup(config, task, model, objective, steps, steps_per_epoch, mesh, c.state_sharding,
-                 c.batch_sharding, c.init_fn, c.train_step, c.eval_step, c.report)
+                 c.batch_sharding, c.init_fn, c.train_step, c.eval_step, c.report,
+                 dict(getattr(schedule, "hyperparams", None) or {}))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -20,6 +20,7 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from jaxmodels.config import OptimizerConfig
@@ -213,5 +214,9 @@ def with_hyperparams(opt_state, **values):
         raise KeyError(f"no runtime hyper-parameter {', '.join(unknown)}: this optimizer has "
                        f"{', '.join(sorted(hp))}")
     for name, value in values.items():
-        hp[name] = jnp.asarray(value, hp[name].dtype)
+        old = hp[name]
+        if isinstance(old, jax.core.Tracer):
+            hp[name] = jnp.asarray(value, old.dtype)
+        else:  # placed where the old value was (a restored, sharded state stays so)
+            hp[name] = jax.device_put(np.asarray(value, old.dtype), old.sharding)
     return opt_state._replace(hyperparams=hp)
