@@ -8,6 +8,9 @@ run with another learning rate and seed loads every program from the persistent 
 """
 
 import dataclasses
+import json
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -168,8 +171,6 @@ def test_packed_sweeps_of_other_rates_and_seeds_lower_to_one_program():
 def test_resume_with_another_learning_rate_trains_at_the_new_one(tmp_path):
     # The checkpoint holds the old run's rate in its optimizer state; resume.py allows the
     # change, so the relaunch's config must win, as it did when the rate was a constant.
-    import json
-
     import jaxmodels
     from jaxmodels import config as C
     from test_checkpoint import MLP
@@ -186,3 +187,26 @@ def test_resume_with_another_learning_rate_trains_at_the_new_one(tmp_path):
              (tmp_path / "metrics.jsonl").read_text().splitlines()) if "learning_rate" in r}
     np.testing.assert_allclose([rates[s] for s in (1, 2, 3)], 1e-3, rtol=1e-6)
     np.testing.assert_allclose([rates[s] for s in (4, 5)], 4e-2, rtol=1e-6)
+
+
+def test_a_two_run_learning_rate_sweep_compiles_each_program_once(tmp_path):
+    # A sequential sweep in one CLI process: run 2, at another rate and seed, loads run 1's
+    # init, train step and eval step from the persistent cache, so the cache holds one entry
+    # of each (its file names start with the program's name). With the rate a constant in the
+    # step, run 2 compiled a second train step and wrote a second entry.
+    from test_compile_cache import COUNTING_CLI, _env
+    from test_sweep import write_sweep
+
+    path = write_sweep(tmp_path, '[{"optimizer.learning_rate": 1e-3}, '
+                                 '{"optimizer.learning_rate": 1e-2, "train.seed": 1}]',
+                       base='{"checkpoint.every_steps": None, "train.eval_every": None}')
+    proc = subprocess.run([sys.executable, "-c", COUNTING_CLI, "sweep", str(path), "--workdir",
+                           str(tmp_path / "out")], env=_env(tmp_path / "cache"),
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    counts = json.loads(proc.stdout.split("COUNTS ")[-1])
+    names = [entry.rsplit("-", 2)[0] for entry in _entries(tmp_path / "cache")]
+    for program in ("jit_train_step", "jit_init_of", "jit_eval_step"):
+        assert names.count(program) == 1, (program, sorted(names))
+    assert counts["hits"] >= 3, counts  # run 2's three programs, loaded
+    assert len(list((tmp_path / "out").glob("*/summary.json"))) == 2
