@@ -210,3 +210,10 @@ def test_a_two_run_learning_rate_sweep_compiles_each_program_once(tmp_path):
         assert names.count(program) == 1, (program, sorted(names))
     assert counts["hits"] >= 3, counts  # run 2's three programs, loaded
     assert len(list((tmp_path / "out").glob("*/summary.json"))) == 2
+
+
+def test_bfloat16_parameters_keep_a_float32_rate():
+    tx, _ = optim.make(OptimizerConfig(name="adamw", learning_rate=3e-3, weight_decay=0.1), 10)
+    state = tx.init(jax.tree.map(lambda p: p.astype(jnp.bfloat16), _params()))
+    assert {v.dtype for v in state.hyperparams.values()} == {jnp.dtype(jnp.float32)}
+    assert float(state.hyperparams["learning_rate"]) == np.float32(3e-3)

@@ -201,7 +201,9 @@ def make(cfg: OptimizerConfig, total_steps: int, lr_multipliers=None
     if cfg.name in DECOUPLED:
         values["weight_decay"] = float(cfg.weight_decay)
     # A None weight_decay is left out of the state (optax keeps non-numbers as constants).
-    tx = optax.inject_hyperparams(factory)(**values)
+    # float32 whatever the parameters' dtype: bfloat16 would round the rate itself (3e-3 by
+    # 0.3 %), where the schedule computed it in float32 before.
+    tx = optax.inject_hyperparams(factory, hyperparam_dtype=jnp.float32)(**values)
     return tx, InjectedSchedule(rate, values)
 
 
