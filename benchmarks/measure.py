@@ -225,7 +225,7 @@ def run_jaxmodels_step(w, pool, steps, workdir):
     cfg = w.config(steps)
     model_cfg = tasks.resolve_model(cfg.model, _Outputs(pool.meta["outputs"]))
     module = models.build(model_cfg)
-    tx, _ = optim.make(cfg.optimizer, steps)
+    tx, _ = optim.make_baked(cfg.optimizer, steps)  # the constants a hand-written chain has
 
     @jax.jit  # one compile, not one per initializer
     def make(x):

@@ -60,7 +60,7 @@ def loop_reference(config: Config, variants, starts=None):
     `log_every` steps (what the summary calls train_loss)."""
     assert len({v.learning_rate for v in variants}) == 1
     s = loop.setup(separate_config(config, variants[0]))
-    tx, _ = optim.make(s.config.optimizer, s.total_steps)  # the loop's optimizer, lr not injected
+    tx, _ = optim.make(s.config.optimizer, s.total_steps)  # the loop's optimizer
     example = jnp.asarray(s.task.example_inputs)
     init = jax.jit(lambda seed, scale: packed.init_scaled_state(s.model, tx, example, seed, scale),
                    out_shardings=s.state_sharding)

@@ -141,8 +141,10 @@ def test_transformer_partition_specs_follow_the_rules_table():
     assert mlp(tensor)["up"] == P(None, "tensor") and mlp(tensor)["down"] == P("tensor")
     assert fsdp.params["embed"]["embedding"] == P(None, "fsdp")
     # ZeRO-3: Adam's moments are sharded exactly like the parameters; step counts replicated.
-    adam = fsdp.opt_state[0]
+    # (optim.make's chain sits inside optax.inject_hyperparams: its scalars replicated too.)
+    adam = fsdp.opt_state.inner_state[0]
     assert adam.mu == fsdp.params and adam.nu == fsdp.params and adam.count == P()
+    assert all(spec == P() for spec in fsdp.opt_state.hyperparams.values())
 
 
 def test_fsdp_divides_the_per_device_bytes():
@@ -435,7 +437,8 @@ def test_state_shardings_take_plain_shape_dtype_structs():
     assert report.by_default == {"count": 2, "bytes": (64 * 512 + 512 * 64) * 4}
     # Adam's moments follow the parameters they mirror.
     specs = lambda tree: jax.tree.map(lambda s: s.spec, tree)  # noqa: E731
-    assert specs(shardings.opt_state[0].mu) == specs(shardings.opt_state[0].nu) == specs(shardings.params)
+    adam = shardings.opt_state.inner_state[0]  # optim.make's chain, inside inject_hyperparams
+    assert specs(adam.mu) == specs(adam.nu) == specs(shardings.params)
     # The same tree passed explicitly as the "boxed" one, and a threshold that keeps all whole.
     same, _ = sharding_lib.state_shardings(shapes, shapes.params, mesh, "fsdp")
     assert same == shardings

@@ -37,6 +37,7 @@ Files written to WORKDIR when one is given:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -237,7 +238,11 @@ def setup(config: Config, variants: Sequence[Variant]) -> PackedSetup:
     # lax.map rather than vmap: the same stacked states (bit for bit), but XLA compiles the
     # one-model init, dominated by the random initialisers, about twice as fast as its batched
     # form (4.5 s against 9 s of CPU for a 1-layer Transformer), and init runs only once.
-    init_fn = jax.jit(lambda: jax.lax.map(lambda args: init_one(*args), (seeds, lrs, scales)))
+    # The seeds, rates and scales are arguments, not constants: sweeps of K models differing
+    # only in them share the init program as they share the step.
+    init_fn = functools.partial(
+        jax.jit(lambda *per_model: jax.lax.map(lambda args: init_one(*args), per_model)),
+        seeds, lrs, scales)
     train_step = jax.jit(jax.vmap(train_one), donate_argnums=0)
     eval_step = jax.jit(jax.vmap(step_lib.make_eval_step(model, objective), in_axes=(0, None)))
     return PackedSetup(config, variants, task, model, total, steps_per_epoch, init_fn, train_step,

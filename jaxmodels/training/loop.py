@@ -112,6 +112,9 @@ class Setup:
     train_step: Any  # jitted, state donated
     eval_step: Any  # jitted
     parallel: sharding_lib.Report  # mesh, per-device bytes, what could not be split
+    # The config's runtime optimizer values (optim.make; empty for a user's optimizer): a resumed
+    # state takes these, not the checkpoint's, so an allowed change of learning rate applies.
+    hyperparams: dict = dataclasses.field(default_factory=dict)
 
 
 def total_steps(train_cfg: config_lib.TrainConfig, steps_per_epoch: float) -> int:
@@ -195,7 +198,8 @@ def setup(config: Config, parts: Parts | None = None) -> Setup:
                       microbatches=t.microbatches, nonfinite=t.nonfinite,
                       spike_sigma=t.spike_sigma, spike_window=t.spike_window, objective=objective)
     return Setup(config, task, model, objective, steps, steps_per_epoch, mesh, c.state_sharding,
-                 c.batch_sharding, c.init_fn, c.train_step, c.eval_step, c.report)
+                 c.batch_sharding, c.init_fn, c.train_step, c.eval_step, c.report,
+                 dict(getattr(schedule, "hyperparams", None) or {}))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -227,7 +231,21 @@ def compile_steps(model, tx, schedule, example, parallel: config_lib.ParallelCon
                   objective=None) -> Compiled:
     """Shardings from the rules table and the jitted init/train/eval over `mesh` (importable, so
     tests compare any mesh with a one-device one)."""
-    init = lambda: init_state(model, tx, example, seed)  # noqa: E731
+    # The seed and the optimizer's runtime hyper-parameters (optim.make) are arguments of the
+    # compiled init, not constants, so runs that differ only in them share one program (and its
+    # persistent-cache entry); a seed outside int32 stays a constant.
+    traced_seed = -2**31 <= seed < 2**31
+    hyper = dict(getattr(schedule, "hyperparams", None) or {})
+
+    def init_of(seed_value, hyper_values):
+        state = init_state(model, tx, example, seed_value if traced_seed else seed)
+        if not hyper_values:
+            return state
+        return state.replace(opt_state=optim.with_hyperparams(state.opt_state, **hyper_values))
+
+    init_args = (np.int32(seed if traced_seed else 0),
+                 {k: np.float32(v) for k, v in hyper.items()})
+    init = functools.partial(init_of, *init_args)
     # Shardings are derived from shapes and logical names alone, before any parameter exists.
     state_sharding, report = sharding_lib.state_shardings(
         jax.eval_shape(init), abstract_variables(model, example)["params"], mesh,
@@ -236,7 +254,7 @@ def compile_steps(model, tx, schedule, example, parallel: config_lib.ParallelCon
     batch_sharding = mesh_lib.batch_sharding(mesh)
     replicated = mesh_lib.replicated(mesh)
     # The state is created inside jit with its output sharding, so it is born where it lives.
-    init_fn = jax.jit(init, out_shardings=state_sharding)
+    init_fn = functools.partial(jax.jit(init_of, out_shardings=state_sharding), *init_args)
     train_step = jax.jit(
         _under_activation_rules(
             step_lib.make_train_step(model, tx, objective, schedule=schedule, microbatches=microbatches,

@@ -13,7 +13,7 @@ import numpy as np
 
 from jaxmodels import config as config_lib
 from jaxmodels.errors import RunStopped, UserError
-from jaxmodels.training import checkpoint, resume
+from jaxmodels.training import checkpoint, optim, resume
 from jaxmodels.training.metrics_log import read_records
 
 
@@ -90,6 +90,8 @@ class RunCheckpoint:
         # Restored arrays may be views of host memory orbax read into (on CPU); the train step
         # donates the state, so hand it buffers XLA allocated itself.
         state = jax.tree.map(lambda x: x.copy(), restored.state)
+        if getattr(s, "hyperparams", None):  # this launch's learning rate etc., not the saved ones
+            state = state.replace(opt_state=optim.with_hyperparams(state.opt_state, **s.hyperparams))
         loop_state = LoopState.from_json(restored.loop)
         loop_state.resumed_from.append(restored.step)
         return state, loop_state, read_records(workdir / "metrics.jsonl", restored.step)

@@ -38,8 +38,13 @@ def objective_sums(objective: objectives_lib.Objective, outputs, targets, mask) 
 
 
 def _learning_rate(schedule, state: TrainState):
-    """The step's learning rate: from `schedule` when given, else from an optimizer built with
-    `optax.inject_hyperparams` (None when neither says)."""
+    """The step's learning rate: from `schedule` when given (one with a `from_state` method,
+    `optim.make`'s, reads its peak from the optimizer state, so the rate is no constant of the
+    program), else from an optimizer built with `optax.inject_hyperparams` (None when neither
+    says)."""
+    from_state = getattr(schedule, "from_state", None)
+    if from_state is not None:
+        return jnp.asarray(from_state(state.step, state.opt_state), jnp.float32)
     if schedule is not None:
         return jnp.asarray(schedule(state.step), jnp.float32)
     try:
