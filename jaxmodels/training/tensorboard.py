@@ -31,6 +31,22 @@ def _suffix() -> str:
     return f".{time.time_ns():020d}"
 
 
+def _tensorboardx():
+    """tensorboardX, imported without torch: its writer imports torch whenever it is installed
+    (only to accept torch tensors, which this module never passes), 1.7 s and a few hundred MB
+    per run on a machine with the dev extras. The block lasts only the import; a torch already
+    imported (a Hugging Face user) is used as it is."""
+    if "tensorboardX" not in sys.modules and "torch" not in sys.modules:
+        sys.modules["torch"] = None  # `import torch` raises ImportError while this is there
+        try:
+            import tensorboardX  # noqa: F401
+        finally:
+            del sys.modules["torch"]
+    import tensorboardX
+
+    return tensorboardX
+
+
 def _warn(what: str, e: Exception) -> None:
     print(f"warning: TensorBoard {what} failed ({type(e).__name__}: {e}); metrics.jsonl is "
           f"unaffected, the event files are incomplete (train.tensorboard=false turns them off)",
@@ -47,7 +63,7 @@ class EventLog:
     """Appends each metrics.jsonl record to the run's event files (see the module docstring)."""
 
     def __init__(self, workdir: pathlib.Path, records: list[dict]):
-        from tensorboardX import SummaryWriter  # an optional view: imported when a run writes one
+        SummaryWriter = _tensorboardx().SummaryWriter  # imported when a run writes events
 
         directory = pathlib.Path(workdir) / FOLDER
         # A folder that already holds events is a resumed run: drop what followed the last
@@ -129,7 +145,7 @@ def write_final(workdir: pathlib.Path, config, summary: dict) -> None:
     """The curves image (WORKDIR/curves.png, as drawn), the config text and the HParams session (a short second event file in
     the same folder). Failures are one warning."""
     try:
-        from tensorboardX import SummaryWriter
+        SummaryWriter = _tensorboardx().SummaryWriter
         from tensorboardX.summary import hparams
 
         from jaxmodels import config as config_lib
