@@ -177,7 +177,7 @@ class TrainConfig:
     # TensorBoard event files in WORKDIR/tensorboard (training/tensorboard.py).
     tensorboard: bool = True
     # "START:END": a jax.profiler trace of those steps into WORKDIR/profile (training/profile.py);
-    # profile_perfetto also writes a .trace.json.gz for ui.perfetto.dev.
+    # profile_perfetto also writes jax's perfetto_trace.json.gz (ui.perfetto.dev).
     profile_steps: str | None = None
     profile_perfetto: bool = False
 

@@ -144,3 +144,34 @@ def test_a_sweep_dir_shows_every_run_with_its_hparams(tmp_path):
     assert all("_hparams_/session_start_info" in tags for tags in content.values())
     for run, lr in (("lr_1e-3/tensorboard", 1e-3), ("lr_1e-2/tensorboard", 1e-2)):
         assert _events(tmp_path / run.split("/")[0]).Scalars("loss")[0].value == pytest.approx(lr)
+
+
+def test_a_failing_event_writer_is_one_warning_and_stops_writing(capsys):
+    class Broken:
+        calls = 0
+
+        def write(self, record):
+            Broken.calls += 1
+            raise OSError(28, "No space left on device")
+
+        def close(self):
+            pass
+
+    log = tensorboard.Guarded(Broken())
+    log.write({"step": 1, "loss": 1.0})
+    log.write({"step": 2, "loss": 1.0})
+    err = capsys.readouterr().err
+    assert Broken.calls == 1 and err.count("warning: TensorBoard writing scalars failed") == 1
+    assert "metrics.jsonl is unaffected" in err
+
+
+def test_tensorboardx_is_imported_without_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys; from jaxmodels.training import tensorboard as t; t._tensorboardx(); "
+            "assert 'torch' not in sys.modules; import importlib.util; "
+            "assert 'torch' not in sys.modules or sys.modules['torch'] is not None")
+    import pathlib
+
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=pathlib.Path(__file__).parents[1])
