@@ -11,7 +11,8 @@ touches the writer). A resumed run appends a new event file whose first event pu
 after the last record kept (`purge_step`), so steps a killed run logged past its checkpoint are
 not shown twice. TensorBoard is a view: a failure to write an event (a full disk, a broken
 install) prints one warning, turns the event log off and never stops the run or touches its other
-files. `train.tensorboard=false` writes nothing.
+files. `train.tensorboard=false` writes nothing. A packed sweep writes each member's events at
+its end into WORKDIR/tensorboard/model_K (`write_packed`).
 """
 
 from __future__ import annotations
@@ -62,17 +63,12 @@ def scalars(record: dict) -> dict:
 class EventLog:
     """Appends each metrics.jsonl record to the run's event files (see the module docstring)."""
 
-    def __init__(self, workdir: pathlib.Path, records: list[dict]):
-        SummaryWriter = _tensorboardx().SummaryWriter  # imported when a run writes events
-
-        directory = pathlib.Path(workdir) / FOLDER
-        # A folder that already holds events is a resumed run: drop what followed the last
-        # record kept (metrics.jsonl was cut at the checkpoint the same way).
-        purge = (records[-1]["step"] if records else 0) + 1 if directory.is_dir() else None
-        # flush_secs large and max_queue large: the writer flushes when write() says so (log
-        # steps), never on a timer or a queue filling mid-interval.
-        self.writer = SummaryWriter(str(directory), purge_step=purge, max_queue=1000,
-                                    flush_secs=10_000, filename_suffix=_suffix())
+    def __init__(self, directory: pathlib.Path, purge_step: int | None = None):
+        # Large queue and flush interval: the writer flushes when write() says so (log steps),
+        # never on a timer or a queue filling mid-interval.
+        self.writer = _tensorboardx().SummaryWriter(str(directory), purge_step=purge_step,
+                                                    max_queue=1000, flush_secs=10_000,
+                                                    filename_suffix=_suffix())
 
     def write(self, record: dict) -> None:
         step = int(record["step"])
@@ -112,8 +108,12 @@ def open_log(enabled: bool, workdir: pathlib.Path, records: list[dict]) -> Guard
     """The run's event log (None when turned off or on a process that writes no files)."""
     if not enabled:
         return None
+    directory = pathlib.Path(workdir) / FOLDER
+    # A folder that already holds events is a resumed run: drop what followed the last record
+    # kept (metrics.jsonl was cut at the checkpoint the same way).
+    purge = (records[-1]["step"] if records else 0) + 1 if directory.is_dir() else None
     try:
-        return Guarded(EventLog(workdir, records))
+        return Guarded(EventLog(directory, purge))
     except Exception as e:  # noqa: BLE001
         _warn("opening the event file", e)
         return None
@@ -141,29 +141,59 @@ def final_metrics(summary: dict) -> dict:
             and not isinstance(v, bool)}
 
 
-def write_final(workdir: pathlib.Path, config, summary: dict) -> None:
-    """The curves image (WORKDIR/curves.png, as drawn), the config text and the HParams session (a short second event file in
-    the same folder). Failures are one warning."""
-    try:
-        SummaryWriter = _tensorboardx().SummaryWriter
-        from tensorboardX.summary import hparams
+def _write_final(directory: pathlib.Path, text: str, hparam_dict: dict, summary: dict,
+                 png: pathlib.Path | None) -> None:
+    SummaryWriter = _tensorboardx().SummaryWriter
+    from tensorboardX.summary import hparams
 
+    step = int(summary["step"])
+    with SummaryWriter(str(directory), filename_suffix=_suffix()) as w:
+        if png is not None and png.is_file():
+            from matplotlib import image
+
+            w.add_image("curves", image.imread(png)[..., :3], step, dataformats="HWC")
+        # Markdown: a code block keeps the JSON's indentation.
+        w.add_text("config", "```\n" + text + "\n```", step)
+        metrics = final_metrics(summary)
+        for summ in hparams(hparam_dict, metrics):
+            w.file_writer.add_summary(summ)
+        for tag, value in metrics.items():
+            w.add_scalar(tag, value, step)
+
+
+def write_final(workdir: pathlib.Path, config, summary: dict) -> None:
+    """The curves image (WORKDIR/curves.png, as drawn), the config text and the HParams session
+    (a short second event file in the same folder). Failures are one warning."""
+    try:
         from jaxmodels import config as config_lib
 
-        step = int(summary["step"])
         text = config_lib.to_json(config)
-        with SummaryWriter(str(pathlib.Path(workdir) / FOLDER), filename_suffix=_suffix()) as w:
-            png = pathlib.Path(workdir) / "curves.png"
-            if png.is_file():
-                from matplotlib import image
-
-                w.add_image("curves", image.imread(png)[..., :3], step, dataformats="HWC")
-            # Markdown: a code block keeps the JSON's indentation.
-            w.add_text("config", "```\n" + text + "\n```", step)
-            metrics = final_metrics(summary)
-            for summ in hparams(flat_config(json.loads(text)), metrics):
-                w.file_writer.add_summary(summ)
-            for tag, value in metrics.items():
-                w.add_scalar(tag, value, step)
+        _write_final(pathlib.Path(workdir) / FOLDER, text, flat_config(json.loads(text)), summary,
+                     pathlib.Path(workdir) / "curves.png")
     except Exception as e:  # noqa: BLE001
         _warn("writing the final image, config and hparams", e)
+
+
+def write_packed(workdir: pathlib.Path, config, records: list[list[dict]], summaries: list[dict]) -> None:
+    """A packed sweep's members, one event folder each (WORKDIR/tensorboard/model_K, beside
+    metrics_K.jsonl): scalars, config text and an HParams session whose learning_rate, seed and
+    init_scale are the member's own. Written once at the end, as the packed run's other files."""
+    try:
+        from jaxmodels import config as config_lib
+
+        text = config_lib.to_json(config)
+        for k, (recs, summary) in enumerate(zip(records, summaries)):
+            directory = pathlib.Path(workdir) / FOLDER / f"model_{k}"
+            if directory.is_dir():  # a relaunch trains the whole pack again
+                import shutil
+
+                shutil.rmtree(directory)
+            log = EventLog(directory)
+            for r in recs:
+                log.write(r)
+            log.close()
+            hp = {**flat_config(json.loads(text)), "optimizer.learning_rate": summary["learning_rate"],
+                  "train.seed": summary["seed"], "init_scale": summary["init_scale"]}
+            _write_final(directory, text, hp, summary, None)
+    except Exception as e:  # noqa: BLE001
+        _warn("writing the packed members' event files", e)
