@@ -20,6 +20,8 @@ Files written to WORKDIR:
   summary.json    final numbers; eval_* are measured on the config's held-out split
   curves.png      learning curves
   weights/        final params and model collections (orbax), read by `jaxmodels eval`
+  tensorboard/    TensorBoard events of metrics.jsonl, curves, config, hparams (tensorboard.py)
+  profile/        a jax.profiler trace of train.profile_steps, when set (profile.py)
 
 SIGTERM or SIGINT during training finishes the current step, saves a checkpoint at it, and stops
 with `RunStopped` (with several processes, all of them one step later, whichever received it:
