@@ -18,6 +18,7 @@ import hashlib
 import importlib.util
 import json
 import pathlib
+import re
 import sys
 import types
 import typing
@@ -147,6 +148,18 @@ class OptimizerConfig:
         return out
 
 
+def profile_range(text: str) -> tuple[int, int]:
+    """(START, END) of train.profile_steps="START:END"; ValueError saying what is wrong."""
+    m = re.fullmatch(r"\s*(\d+)\s*:\s*(\d+)\s*", str(text))
+    if not m:
+        raise ValueError("not START:END: pass two step numbers, e.g. train.profile_steps=5:8")
+    start, end = int(m[1]), int(m[2])
+    if start < 1 or end < start:
+        raise ValueError("START must be at least 1 and END at least START, e.g. "
+                         "train.profile_steps=5:8")
+    return start, end
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     # Seeds everything: parameter init, dropout, and the data order.
@@ -168,6 +181,12 @@ class TrainConfig:
     # averages over about `spike_window` steps and the guard acts once that many were accepted.
     spike_sigma: float | None = None
     spike_window: int = 100
+    # TensorBoard event files in WORKDIR/tensorboard (training/tensorboard.py).
+    tensorboard: bool = True
+    # "START:END": a jax.profiler trace of those steps into WORKDIR/profile (training/profile.py);
+    # profile_perfetto also writes jax's perfetto_trace.json.gz (ui.perfetto.dev).
+    profile_steps: str | None = None
+    profile_perfetto: bool = False
 
     def problems(self):
         out = []
@@ -186,6 +205,11 @@ class TrainConfig:
             out.append(("spike_sigma", f"must be positive or none, got {self.spike_sigma}"))
         if self.spike_window < 2:
             out.append(("spike_window", f"must be at least 2, got {self.spike_window}"))
+        if self.profile_steps is not None:
+            try:
+                profile_range(self.profile_steps)
+            except ValueError as e:
+                out.append(("profile_steps", f"={self.profile_steps!r}: {e}"))
         return out
 
 

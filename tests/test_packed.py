@@ -141,6 +141,18 @@ def test_one_compile_each_and_files_written(mlp_sweep):
         records = [json.loads(line) for line in (workdir / f"metrics_{k}.jsonl").read_text().splitlines()]
         assert [r["step"] for r in records] == [10, 15, 20, 30]
         assert records[-1]["loss"] == summaries[k]["train_loss"]
+        # Each model's TensorBoard events: its scalars and its own learning rate as an hparam.
+        from tensorboard.backend.event_processing import event_accumulator
+        from tensorboard.plugins.hparams import plugin_data_pb2
+
+        acc = event_accumulator.EventAccumulator(str(workdir / "tensorboard" / f"model_{k}")).Reload()
+        train = [r for r in records if "loss" in r]
+        assert [e.step for e in acc.Scalars("loss")] == [r["step"] for r in train]
+        assert [e.value for e in acc.Scalars("loss")] == pytest.approx([r["loss"] for r in train], rel=1e-6)
+        start = plugin_data_pb2.HParamsPluginData.FromString(
+            acc.PluginTagToContent("hparams")["_hparams_/session_start_info"])
+        assert start.session_start_info.hparams["optimizer.learning_rate"].number_value == \
+            pytest.approx(summaries[k]["learning_rate"])
 
 
 class _TrainMeanwhile:

@@ -31,6 +31,7 @@ Files written to WORKDIR when one is given:
                         config's; each model's own are in the summary)
   metrics_{k}.jsonl     model k's logged steps, in the loop's metrics.jsonl format
   packed_summary.json   the list `train_packed` returns
+  tensorboard/model_{k} model k's TensorBoard events and hparams (training/tensorboard.py)
   .lock                 held while the sweep runs (training/workdir.py), as by `train`
 """
 
@@ -65,6 +66,7 @@ from jaxmodels.training import loop, mup, optim, tasks
 from jaxmodels.training import step as step_lib
 from jaxmodels.training import workdir as workdir_lib
 from jaxmodels.training.evaluator import Evaluator
+from jaxmodels.training import tensorboard
 from jaxmodels.training.metrics_log import MetricsLog
 from jaxmodels.training.periodic import Periodic
 from jaxmodels.training.run_checkpoint import LoopState
@@ -411,6 +413,8 @@ def _run(p: PackedSetup, workdir: pathlib.Path | None, *, progress: bool,
             files.write_atomic(
                 workdir / f"metrics_{k}.jsonl", "".join(json.dumps(r) + "\n" for r in logs[k].records))
         _write_json(workdir / "packed_summary.json", summaries)
+        if cfg.train.tensorboard:
+            tensorboard.write_packed(workdir, cfg, [log.records for log in logs], summaries)
     best = min(range(k_models), key=lambda k: final[k]["loss"])
     print(f"{cfg.name}: {k_models} models in {packed_info['wall_time_s']:.1f} s (compile "
           f"{packed_info['compile_time_s']:.1f} s); best {cfg.data.eval_split} loss "

@@ -20,6 +20,8 @@ Files written to WORKDIR:
   summary.json    final numbers; eval_* are measured on the config's held-out split
   curves.png      learning curves
   weights/        final params and model collections (orbax), read by `jaxmodels eval`
+  tensorboard/    TensorBoard events of metrics.jsonl, curves, config, hparams (tensorboard.py)
+  profile/        a jax.profiler trace of train.profile_steps, when set (profile.py)
 
 SIGTERM or SIGINT during training finishes the current step, saves a checkpoint at it, and stops
 with `RunStopped` (with several processes, all of them one step later, whichever received it:
@@ -73,7 +75,9 @@ from jaxmodels.training import plan as plan_lib
 from jaxmodels.training import hooks as hooks_lib
 from jaxmodels.training import objectives as objectives_lib
 from jaxmodels.training import step as step_lib
+from jaxmodels.training import profile as profile_lib
 from jaxmodels.training import summary as summary_lib
+from jaxmodels.training import tensorboard
 from jaxmodels.training import workdir as workdir_lib
 from jaxmodels.training.evaluator import Evaluator, describe
 from jaxmodels.training.metrics_log import MetricsLog
@@ -479,7 +483,8 @@ def _session(s: Setup, ckpt, workdir: pathlib.Path, main: bool, log, t_start: fl
                        n_devices=s.mesh.devices.size, flops=flops,
                        peak=hardware.peak_flops(s.mesh.devices.flat[0]) if flops else None)
     mlog = MetricsLog(ls, records, workdir / "metrics.jsonl" if main else None,
-                      guarded=cfg.train.nonfinite == "skip" or cfg.train.spike_sigma is not None)
+                      guarded=cfg.train.nonfinite == "skip" or cfg.train.spike_sigma is not None,
+                      events=tensorboard.open_log(cfg.train.tensorboard, workdir, records) if main else None)
     evaluator = Evaluator(lambda st, split, periodic: run_eval(s, st, split, periodic=periodic),
                           cfg.data.eval_split, meter=meter)
     hk = hooks_lib.Hooks(hooks, ls)
@@ -497,6 +502,9 @@ def _train(s: Setup, ckpt: checkpoint.Checkpoints, workdir: pathlib.Path, main: 
     signals = signals or _SignalFlag()
     if signals.vote is None:
         signals.vote = stop_vote.StopVote(s.mesh)
+    # A bad range is one line here, before the session compiles anything.
+    profiler = profile_lib.Profiler(profile_lib.check(cfg.train.profile_steps, s.total_steps),
+                                    workdir, main, cfg.train.profile_perfetto)
     se = _session(s, ckpt, workdir, main, log, t_start, hooks)
     signals.stop_if_received("during start-up", None, ckpt.directory)
     state, ls, start_step = se.state, se.ls, se.start_step
@@ -521,6 +529,7 @@ def _train(s: Setup, ckpt: checkpoint.Checkpoints, workdir: pathlib.Path, main: 
         with signals:
             vote = signals.vote  # every process stops at the same step
             for step in range(start_step + 1, last + 1):
+                profiler.before(step, state)
                 state, metrics = s.train_step(state, distributed.put_batch(next(se.batches), s.batch_sharding))
                 mlog.add(step, metrics)
                 meter.stepped(step == start_step + 1, metrics)
@@ -558,8 +567,10 @@ def _train(s: Setup, ckpt: checkpoint.Checkpoints, workdir: pathlib.Path, main: 
                     raise RunStopped(f"stopped by {name} after step {step}: checkpoint saved in "
                                      f"{ckpt.directory}; run the same command to resume",
                                      exit_code=128 + stop_signal)
+        profiler.stop(state)
         ckpt.wait()
     finally:
+        profiler.stop(None)
         bar.close()
         mlog.close()
     with signals:
@@ -591,6 +602,8 @@ def _finish(s: Setup, state, evaluator, mlog, meter, ls, n_params, start_step, w
     plots.learning_curves(mlog.records, workdir / "curves.png",
                           title=f"{cfg.name} ({type(s.model).__name__})",
                           loss_label=s.objective.loss_label)
+    if cfg.train.tensorboard:
+        tensorboard.write_final(workdir, cfg, summary)
     print(f"{cfg.name}: {cfg.data.eval_split} {describe(final)} "
           f"({final['examples']:,} examples{summary_lib.coverage(summary)}) after {summary['step']:,} "
           f"steps in {summary['wall_time_s']:.1f} s; {summary['examples_per_sec'] or 0:,.0f} train examples/s",

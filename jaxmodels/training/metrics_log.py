@@ -63,8 +63,10 @@ class MetricsLog:
     records carry "skipped".
     """
 
-    def __init__(self, ls, records: list[dict], path: pathlib.Path | None, *, guarded: bool):
+    def __init__(self, ls, records: list[dict], path: pathlib.Path | None, *, guarded: bool,
+                 events=None):
         self.ls, self.records, self.guarded = ls, records, guarded
+        self.events = events  # a second writer of each record (tensorboard.py), or None
         self.path = path
         if path is not None:
             # Rewritten whole, so lines a killed run logged past its checkpoint are dropped.
@@ -93,6 +95,8 @@ class MetricsLog:
         self.records.append(record)
         self._file.write(json.dumps(record) + "\n")
         self._file.flush()
+        if self.events is not None:
+            self.events.write(record)
 
     @property
     def last_train(self) -> dict:
@@ -106,3 +110,5 @@ class MetricsLog:
 
     def close(self) -> None:
         self._file.close()
+        if self.events is not None:
+            self.events.close()
