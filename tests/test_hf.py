@@ -1,0 +1,140 @@
+"""Hugging Face checkpoints (jaxmodels/interop/hf.py): imported logits and greedy generations equal
+transformers' own on tiny random GPT-2 and Llama checkpoints built here (no network), the export
+round-trips, and bad checkpoints fail with one line."""
+
+import json
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxmodels.errors import UserError
+from jaxmodels.generate import make_generate
+from jaxmodels.interop import hf
+from jaxmodels.models.transformer import TransformerLM
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+VOCAB = 61
+
+
+def _gpt2(path):
+    cfg = transformers.GPT2Config(vocab_size=VOCAB, n_positions=64, n_embd=32, n_layer=2, n_head=4,
+                                  layer_norm_epsilon=1e-5, bos_token_id=None, eos_token_id=None)
+    return cfg
+
+
+def _llama(path):
+    return transformers.LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64,
+                                    num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                    max_position_embeddings=64, bos_token_id=None, eos_token_id=None, rms_norm_eps=1e-5, rope_theta=500.0,
+                                    tie_word_embeddings=False)
+
+
+def _build(tmp_path_factory, name, make_cfg, model_cls):
+    path = tmp_path_factory.mktemp(name)
+    torch.manual_seed(0)
+    model = model_cls(make_cfg(path)).eval()
+    with torch.no_grad():  # random norms and biases, so that a swapped or dropped one shows
+        for n, p in model.named_parameters():
+            if p.ndim == 1:
+                p.copy_(torch.randn_like(p) * 0.5 + (1.0 if "weight" in n else 0.0))
+    model.save_pretrained(path)
+    return path, model
+
+
+@pytest.fixture(scope="module", params=["gpt2", "llama"])
+def checkpoint(request, tmp_path_factory):
+    if request.param == "gpt2":
+        return _build(tmp_path_factory, "gpt2", _gpt2, transformers.GPT2LMHeadModel)
+    return _build(tmp_path_factory, "llama", _llama, transformers.LlamaForCausalLM)
+
+
+TOKENS = np.random.default_rng(0).integers(0, VOCAB, size=(2, 24)).astype(np.int32)
+
+
+def _torch_logits(model, tokens):
+    with torch.no_grad():
+        return model(torch.tensor(tokens, dtype=torch.long)).logits.float().numpy()
+
+
+def _our_logits(cfg, params, tokens):
+    return np.asarray(TransformerLM(cfg).apply({"params": params}, jnp.asarray(tokens)))
+
+
+def test_import_logits_equal_transformers(checkpoint):
+    path, model = checkpoint
+    cfg, params = hf.load(path)
+    diff = np.abs(_our_logits(cfg, params, TOKENS) - _torch_logits(model, TOKENS)).max()
+    assert diff < 1e-4, diff
+
+
+def test_import_greedy_generation_equals_transformers(checkpoint):
+    path, model = checkpoint
+    cfg, params = hf.load(path)
+    prompt = TOKENS[:, :5]
+    with torch.no_grad():
+        theirs = model.generate(torch.tensor(prompt, dtype=torch.long), max_new_tokens=20, do_sample=False,
+                                attention_mask=torch.ones(prompt.shape, dtype=torch.long), pad_token_id=0).numpy()
+    gen = make_generate(TransformerLM(cfg), buffer_len=32, context=cfg.max_len)
+    buf = np.zeros((2, 32), np.int32)
+    buf[:, :5] = prompt
+    ours = gen({"params": params}, jnp.asarray(buf), 5, 20, jax.random.key(0), jnp.float32(0.0),
+               jnp.int32(0), jnp.float32(1.0))
+    np.testing.assert_array_equal(np.asarray(ours)[:, :25], theirs)
+
+
+def test_export_round_trip(checkpoint, tmp_path):
+    path, model = checkpoint
+    cfg, params = hf.load(path)
+    hf.save(cfg, params, tmp_path / "out")
+    back = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval()
+    diff = np.abs(_torch_logits(back, TOKENS) - _torch_logits(model, TOKENS)).max()
+    assert diff < 1e-5, diff
+
+
+def test_export_freshly_initialised_model(tmp_path):
+    # A model made in jaxmodels (random init, not imported) gives the same logits in transformers.
+    from jaxmodels.models.transformer_config import TransformerLMConfig
+    cfg = TransformerLMConfig(num_layers=1, num_heads=2, num_kv_heads=1, d_model=16, max_len=32,
+                              positional="rope", norm="rmsnorm", mlp="swiglu", vocab_size=VOCAB,
+                              tie_embeddings=True, rope_base=1000.0)
+    params = TransformerLM(cfg).init(jax.random.key(1), jnp.zeros((1, 8), jnp.int32))["params"]
+    params = jax.tree.map(lambda b: b.value, params, is_leaf=lambda b: hasattr(b, "value"))
+    hf.save(cfg, params, tmp_path / "out")
+    back = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval()
+    diff = np.abs(_torch_logits(back, TOKENS) - _our_logits(cfg, params, TOKENS)).max()
+    assert diff < 1e-4, diff
+
+
+def _copy(src, dst, **changes):
+    shutil.copytree(src, dst)
+    config = json.loads((dst / "config.json").read_text())
+    config.update(changes)
+    (dst / "config.json").write_text(json.dumps(config))
+    return dst
+
+
+def test_unsupported_model_type(checkpoint, tmp_path):
+    bad = _copy(checkpoint[0], tmp_path / "bad", model_type="mistral")
+    with pytest.raises(UserError, match="model_type='mistral'"):
+        hf.load(bad)
+
+
+def test_rope_scaling_refused():
+    config = hf.model_config  # the check needs no weights
+    with pytest.raises(UserError, match="rope_scaling"):
+        config({"model_type": "llama", "rope_scaling": {"rope_type": "linear", "factor": 2.0},
+                "hidden_size": 32, "num_attention_heads": 4})
+    with pytest.raises(UserError, match="attention_bias"):
+        config({"model_type": "llama", "attention_bias": True, "hidden_size": 32, "num_attention_heads": 4})
+
+
+def test_missing_weights(checkpoint, tmp_path):
+    bad = _copy(checkpoint[0], tmp_path / "bad")
+    (bad / "model.safetensors").unlink()
+    with pytest.raises(UserError, match="no model.safetensors"):
+        hf.load(bad)
