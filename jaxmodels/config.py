@@ -50,7 +50,10 @@ class DataConfig:
     # Text only: window length in tokens, tokenizer, BPE vocabulary size, and how many windows of
     # the validation split periodic validation reads (the final evaluation reads them all).
     seq_len: int = 64
-    tokenizer: Literal["char", "byte", "bpe"] = "char"
+    # "char", "byte" or "bpe" (trained on the train split), or the path of a folder whose
+    # tokenizer.json is used as it is: a Hugging Face checkpoint's, or a jaxmodels workdir's (an
+    # imported checkpoint's, `jaxmodels import-hf`), so the data match the model's vocabulary.
+    tokenizer: str = "char"
     vocab_size: int = 1024
     eval_windows: int | None = 256
 

@@ -138,3 +138,33 @@ def test_missing_weights(checkpoint, tmp_path):
     (bad / "model.safetensors").unlink()
     with pytest.raises(UserError, match="no model.safetensors"):
         hf.load(bad)
+
+
+def _tiny_tokenizer(path):
+    # A word-level tokenizer over a few Shakespeare words, [UNK] for the rest, VOCAB ids.
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    words = ["[UNK]", "the", "and", "to", "of", "I", "you", "my", "a", "that", "in", "is", "not", "me", "it"]
+    words += [f"w{i}" for i in range(VOCAB - len(words))]  # every id the model can sample decodes
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.save(str(path / "tokenizer.json"))
+
+
+def test_cli_import_sample_eval_predict_export(tmp_path_factory, tmp_path):
+    import jaxmodels
+    from jaxmodels import cli
+
+    src, model = _build(tmp_path_factory, "llama_tok", _llama, transformers.LlamaForCausalLM)
+    _tiny_tokenizer(src)
+    work, out = tmp_path / "w", tmp_path / "out"
+    assert cli.main(["import-hf", str(src), "--workdir", str(work)]) == 0
+    assert cli.main(["sample", "--workdir", str(work), "--prompt", "the", "--max-new-tokens", "5",
+                     "--temperature", "0"]) == 0
+    assert cli.main(["eval", "--workdir", str(work), "data.eval_windows=4"]) == 0
+    logits = jaxmodels.predict(work, TOKENS)
+    assert logits.dtype == np.float32 and logits.shape == (*TOKENS.shape, VOCAB)
+    assert np.abs(logits - _torch_logits(model, TOKENS)).max() < 1e-4
+    assert cli.main(["export-hf", "--workdir", str(work), str(out)]) == 0
+    assert (out / "tokenizer.json").read_text() == (src / "tokenizer.json").read_text()
+    back = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+    assert np.abs(_torch_logits(back, TOKENS) - _torch_logits(model, TOKENS)).max() < 1e-5
