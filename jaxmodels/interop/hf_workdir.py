@@ -42,7 +42,9 @@ def import_to_workdir(hf_dir, workdir, *, dataset: str = "shakespeare") -> pathl
         tokenizer = str(workdir)
     data = config_lib.DataConfig(dataset=dataset, tokenizer=tokenizer, seq_len=min(64, model_cfg.max_len),
                                  batch_size=8, eval_batch_size=8, eval_split="validation")
-    cfg = config_lib.Config(model=model_cfg, data=data, name=f"import-hf {pathlib.Path(hf_dir).name}")
+    # A fine-tuning default (model.init_from=this workdir): a constant, small learning rate.
+    cfg = config_lib.Config(model=model_cfg, data=data, optimizer=config_lib.OptimizerConfig(learning_rate=3e-4),
+                            name=f"import-hf {pathlib.Path(hf_dir).name}")
     files.write_atomic(workdir / "config.json", config_lib.to_json(cfg))
     state = _Weights(params=jax.tree.map(np.asarray, params), model_state={})
     checkpoint.save_weights(workdir, state)

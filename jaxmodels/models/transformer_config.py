@@ -78,6 +78,10 @@ class TransformerCore(precision.Precision):
     # head dim grow with it, the number of heads is fixed.
     parametrization: Literal["standard", "mup"] = "standard"
     base_width: int = 128
+    # A workdir (trained, or an imported checkpoint: `jaxmodels import-hf`) whose weights a
+    # fresh run starts from (fine-tuning); a resumed run reads its own checkpoint instead.
+    # training/init_from.py.
+    init_from: str | None = None
 
     # Logical axes whose size grows with the width (see parametrization); "heads", "kv",
     # "vocab", "max_len", "patch" and "classes" do not.
