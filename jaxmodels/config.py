@@ -463,7 +463,13 @@ def file_sha256(path: str | pathlib.Path) -> str:
 
 def load(path: str | pathlib.Path, *, tiny: bool = False) -> Config:
     """Runs an experiment file and returns its `get_config(tiny=...)`, recording the file's
-    absolute path and content hash in the config."""
+    absolute path and content hash in the config. A .json file is a config.json a run (or
+    `jaxmodels import-hf`) wrote, read as it is."""
+    if str(path).endswith(".json"):
+        try:
+            return from_dict(json.loads(pathlib.Path(path).read_text()))
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"{path} is not a readable config.json ({type(e).__name__})") from None
     config = run_file(path, "get_config", kind="config", example="experiments/configs/seed_cnn_mnist.py",
                       tiny=tiny, returns="a jaxmodels Config")
     if not isinstance(config, Config):

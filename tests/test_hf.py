@@ -238,3 +238,13 @@ def test_init_from_shape_mismatch_is_one_line(imported, tmp_path):
         jaxmodels.train(_finetune_config(imported[2], "model.d_ff=48"),
                         tmp_path / "bad")
     assert "\n" not in str(e.value)
+
+
+def test_cli_trains_from_an_imported_config_json(imported, tmp_path):
+    from jaxmodels import cli
+
+    work = imported[2]
+    assert cli.main(["train", str(work / "config.json"), f"model.init_from={work}", "train.steps=2",
+                     "train.progress=false", "checkpoint.every_steps=none", "data.eval_windows=2",
+                     "--workdir", str(tmp_path / "ft")]) == 0
+    assert (tmp_path / "ft" / "weights").is_dir()
