@@ -229,6 +229,13 @@ def test_init_from_fine_tunes_and_resumes_bitwise(imported, tmp_path, monkeypatc
     for x, y in zip(jax.tree.leaves(read(tmp_path / "reference")), jax.tree.leaves(read(tmp_path / "run"))):
         assert np.array_equal(np.asarray(x), np.asarray(y))
 
+    # The fine-tuned model, exported, gives transformers the logits jaxmodels computes.
+    from jaxmodels.interop import hf_workdir
+    hf_workdir.export_from_workdir(tmp_path / "reference", tmp_path / "exported")
+    back = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "exported").eval()
+    diff = np.abs(_torch_logits(back, TOKENS) - jaxmodels.predict(tmp_path / "reference", TOKENS)).max()
+    assert diff < 1e-4, diff
+
 
 def test_init_from_shape_mismatch_is_one_line(imported, tmp_path):
     import jaxmodels
@@ -248,3 +255,15 @@ def test_cli_trains_from_an_imported_config_json(imported, tmp_path):
                      "train.progress=false", "checkpoint.every_steps=none", "data.eval_windows=2",
                      "--workdir", str(tmp_path / "ft")]) == 0
     assert (tmp_path / "ft" / "weights").is_dir()
+
+
+def test_import_into_a_used_workdir_and_init_from_without_weights(imported, tmp_path):
+    import jaxmodels
+    from jaxmodels.interop import hf_workdir
+
+    src, _, work = imported
+    with pytest.raises(UserError, match="already holds a run"):
+        hf_workdir.import_to_workdir(src, work)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="has no weights/"):
+        jaxmodels.train(_finetune_config(work, f"model.init_from={tmp_path / 'empty'}"), tmp_path / "bad")
