@@ -75,7 +75,8 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--process-id", type=int, default=None)
 
     ev = sub.add_parser("eval", help="evaluate the weights a training run saved in --workdir")
-    common(ev, config_required=True)
+    # Without CONFIG: the workdir's own config.json (an imported checkpoint's, `import-hf`).
+    common(ev, config_required=False)
     ev.add_argument("--workdir", required=True)
     ev.add_argument("--split", choices=("validation", "test"), default=None,
                     help="default: the config's data.eval_split")
@@ -127,6 +128,14 @@ def _parser() -> argparse.ArgumentParser:
     sample.add_argument("--seed", type=int, default=0)
     sample.add_argument("--debug", action="store_true", help="show Python tracebacks")
     cache_flag(sample)
+    imp = sub.add_parser("import-hf", help="a Hugging Face GPT-2/Llama checkpoint folder into a new --workdir")
+    imp.add_argument("hf_dir")
+    imp.add_argument("--workdir", required=True)
+    exp = sub.add_parser("export-hf", help="a transformer_lm --workdir as a Hugging Face checkpoint folder")
+    exp.add_argument("out_dir")
+    exp.add_argument("--workdir", required=True)
+    for p in (imp, exp):
+        p.add_argument("--debug", action="store_true", help="show Python tracebacks")
     return parser
 
 
@@ -136,7 +145,11 @@ def _resolve(args) -> config_lib.Config:
     if args.config is not None and "=" in args.config and not pathlib.Path(args.config).exists():
         overrides.insert(0, args.config)
         args.config = None
-    if args.config is None:
+    if args.config is None and args.command == "eval":
+        from jaxmodels.generate import read_config
+
+        config = read_config(args.workdir)
+    elif args.config is None:
         config = config_lib.default_config(tiny=args.tiny)
     else:
         config = config_lib.load(args.config, tiny=args.tiny)
@@ -216,6 +229,14 @@ def _main(argv: list[str]) -> int:
             print(generate_text(args.workdir, args.prompt, max_new_tokens=args.max_new_tokens,
                                 temperature=args.temperature, top_k=args.top_k,
                                 top_p=args.top_p, seed=args.seed))
+            return 0
+        if args.command in ("import-hf", "export-hf"):
+            from jaxmodels.interop import hf_workdir
+
+            if args.command == "import-hf":
+                print(f"imported {args.hf_dir} into {hf_workdir.import_to_workdir(args.hf_dir, args.workdir)}")
+            else:
+                print(f"wrote {hf_workdir.export_from_workdir(args.workdir, args.out_dir)}")
             return 0
         if args.command == "sweep":
             from jaxmodels.orchestration import sweep

@@ -51,7 +51,10 @@ class DataConfig:
     # Text only: window length in tokens, tokenizer, BPE vocabulary size, and how many windows of
     # the validation split periodic validation reads (the final evaluation reads them all).
     seq_len: int = 64
-    tokenizer: Literal["char", "byte", "bpe"] = "char"
+    # "char", "byte" or "bpe" (trained on the train split), or the path of a folder whose
+    # tokenizer.json is used as it is: a Hugging Face checkpoint's, or a jaxmodels workdir's (an
+    # imported checkpoint's, `jaxmodels import-hf`), so the data match the model's vocabulary.
+    tokenizer: str = "char"
     vocab_size: int = 1024
     eval_windows: int | None = 256
     # Text only: windows the final evaluation reads, spread evenly over the split (None: all of
@@ -491,7 +494,13 @@ def file_sha256(path: str | pathlib.Path) -> str:
 
 def load(path: str | pathlib.Path, *, tiny: bool = False) -> Config:
     """Runs an experiment file and returns its `get_config(tiny=...)`, recording the file's
-    absolute path and content hash in the config."""
+    absolute path and content hash in the config. A .json file is a config.json a run (or
+    `jaxmodels import-hf`) wrote, read as it is."""
+    if str(path).endswith(".json"):
+        try:
+            return from_dict(json.loads(pathlib.Path(path).read_text()))
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"{path} is not a readable config.json ({type(e).__name__})") from None
     config = run_file(path, "get_config", kind="config", example="experiments/configs/seed_cnn_mnist.py",
                       tiny=tiny, returns="a jaxmodels Config")
     if not isinstance(config, Config):

@@ -19,7 +19,7 @@ LAYERS = [
     {"data", "parallel"},
     {"accounting"},
     {"training"},
-    {"api", "generate", "orchestration", "scaling", "catalog"},
+    {"api", "generate", "orchestration", "scaling", "catalog", "interop"},
     {"cli", "__init__"},
 ]
 # Within-rank rules the table cannot say.

@@ -20,6 +20,7 @@ import numpy as np
 from jaxmodels.data.pipeline import restored_position
 from jaxmodels.data.text import TextCorpus, load_text_corpus
 from jaxmodels.data.tokenizers import Tokenizer, train_tokenizer
+from jaxmodels.errors import DataError
 
 
 def _check_ids(ids: np.ndarray) -> np.ndarray:
@@ -239,6 +240,23 @@ def _lm_eval_batches(ids, b, t, num_windows):
                "mask": mask[lo:hi].reshape(b, t)}
 
 
+def fixed_tokenizer(path: str) -> Tokenizer:
+    """The tokenizer.json in folder `path`: a jaxmodels workdir's (its own JSON, with a "kind")
+    or a Hugging Face checkpoint's (anything else)."""
+    import json
+    import pathlib
+
+    from jaxmodels.data.tokenizers import HFTokenizer, tokenizer_from_json
+
+    file = pathlib.Path(path) / "tokenizer.json"
+    if not file.is_file():
+        raise DataError(f"data.tokenizer={path!r} is neither char, byte, bpe nor a folder with a "
+                        f"tokenizer.json in it")
+    text = file.read_text(encoding="utf-8")
+    d = json.loads(text)
+    return tokenizer_from_json(d) if isinstance(d, dict) and "kind" in d else HFTokenizer(text)
+
+
 def load_lm_data(name: str = "shakespeare", *, tokenizer: str, vocab_size: int,
                  data_dir: str | None = None, download: bool = False, mirror: str | None = None,
                  ) -> tuple[TextCorpus, Tokenizer, dict[str, np.ndarray]]:
@@ -256,7 +274,10 @@ def load_lm_data(name: str = "shakespeare", *, tokenizer: str, vocab_size: int,
       int32. LMBatches and lm_eval_batches take either and emit int32.
     """
     corpus = load_text_corpus(name, data_dir=data_dir, download=download, mirror=mirror)
-    tok = train_tokenizer(tokenizer, corpus.splits["train"], vocab_size=vocab_size)
+    if tokenizer in ("char", "byte", "bpe"):
+        tok = train_tokenizer(tokenizer, corpus.splits["train"], vocab_size=vocab_size)
+    else:
+        tok = fixed_tokenizer(tokenizer)
     dtype = np.uint16 if tok.vocab_size <= 1 << 16 else np.int32
     ids = {}
     for split, text in corpus.splits.items():

@@ -74,13 +74,22 @@ class Attention(nn.Module):
             init = nn.initializers.lecun_normal(in_axis=0, out_axis=(1, 2))
             w_DxNxDh = self.param(name, nn.with_logical_partitioning(init, ("embed", heads_axis, "head_dim")),
                                   (d, heads, dh), param_dtype)
-            return jnp.einsum("btd,dnk->btnk", x_BxTxD.astype(dtype), w_DxNxDh.astype(dtype))
+            y_BxTxNxDh = jnp.einsum("btd,dnk->btnk", x_BxTxD.astype(dtype), w_DxNxDh.astype(dtype))
+            if cfg.bias:  # GPT-2's projections have biases
+                b_NxDh = self.param(name + "_bias", nn.with_logical_partitioning(
+                    nn.initializers.zeros, (heads_axis, "head_dim")), (heads, dh), param_dtype)
+                y_BxTxNxDh = y_BxTxNxDh + b_NxDh.astype(dtype)[None, None]
+            return y_BxTxNxDh
 
         if cfg.fused_projections:
             init = nn.initializers.lecun_normal(in_axis=0, out_axis=(1, 2, 3))
             w_DxGxRxDh = self.param("qkv", nn.with_logical_partitioning(init, ("embed", "kv", None, "head_dim")),
                                     (d, k, h // k + 2, dh), param_dtype)
             qkv_BxTxGxRxDh = jnp.einsum("btd,dgrk->btgrk", x_BxTxD.astype(dtype), w_DxGxRxDh.astype(dtype))
+            if cfg.bias:
+                b_GxRxDh = self.param("qkv_bias", nn.with_logical_partitioning(
+                    nn.initializers.zeros, ("kv", None, "head_dim")), (k, h // k + 2, dh), param_dtype)
+                qkv_BxTxGxRxDh = qkv_BxTxGxRxDh + b_GxRxDh.astype(dtype)[None, None]
             b, t = x_BxTxD.shape[:2]
             q_BxTxHxDh = qkv_BxTxGxRxDh[:, :, :, :-2].reshape(b, t, h, dh)
             k_BxTxGxDh, v_BxTxGxDh = qkv_BxTxGxRxDh[:, :, :, -2], qkv_BxTxGxRxDh[:, :, :, -1]
@@ -89,8 +98,8 @@ class Attention(nn.Module):
             k_BxTxGxDh = project("key", k, "kv")
             v_BxTxGxDh = project("value", k, "kv")
         if cfg.positional == "rope":
-            q_BxTxHxDh = positional.rope(q_BxTxHxDh, positions_BxT)
-            k_BxTxGxDh = positional.rope(k_BxTxGxDh, positions_BxT)
+            q_BxTxHxDh = positional.rope(q_BxTxHxDh, positions_BxT, cfg.rope_base)
+            k_BxTxGxDh = positional.rope(k_BxTxGxDh, positions_BxT, cfg.rope_base)
 
         if kv is not None:
             k_cache, v_cache = kv
@@ -125,4 +134,8 @@ class Attention(nn.Module):
         w_HxDhxD = self.param("out", nn.with_logical_partitioning(init, ("heads", "head_dim", "embed")),
                               (h, dh, d), param_dtype)
         y_BxTxD = jnp.einsum("btnk,nkd->btd", out_BxTxHxDh, w_HxDhxD.astype(dtype))
+        if cfg.bias:
+            b_D = self.param("out_bias", nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
+                             (d,), param_dtype)
+            y_BxTxD = y_BxTxD + b_D.astype(dtype)[None, None]
         return y_BxTxD, kv

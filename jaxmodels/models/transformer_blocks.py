@@ -32,9 +32,10 @@ def norm(cfg: TransformerCore, name: str) -> nn.Module:
     """The config's norm (LayerNorm or RMSNorm) over D, its parameters named "embed"."""
     dtype, param_dtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
     scale_init = nn.with_logical_partitioning(nn.initializers.ones, ("embed",))
+    eps = {} if cfg.norm_eps is None else {"epsilon": cfg.norm_eps}
     if cfg.norm == "rmsnorm":
-        return nn.RMSNorm(scale_init=scale_init, dtype=dtype, param_dtype=param_dtype, name=name)
-    return nn.LayerNorm(scale_init=scale_init, dtype=dtype, param_dtype=param_dtype, name=name,
+        return nn.RMSNorm(scale_init=scale_init, dtype=dtype, param_dtype=param_dtype, name=name, **eps)
+    return nn.LayerNorm(scale_init=scale_init, dtype=dtype, param_dtype=param_dtype, name=name, **eps,
                         bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)))
 
 
@@ -54,6 +55,13 @@ class Mlp(nn.Module):
             init = nn.initializers.lecun_normal(in_axis=0, out_axis=tuple(range(1, len(shape))))
             return param(self, name, init, axes, shape).astype(dtype)
 
+        def biased(h, name, axis):
+            # cfg.bias: a zero-initialised bias on the last axis (GPT-2's MLP has them).
+            if not cfg.bias:
+                return h
+            b_F = param(self, name + "_bias", nn.initializers.zeros, (axis,), (h.shape[-1],))
+            return h + b_F.astype(dtype)[None, None, :]
+
         x_BxTxD = x_BxTxD.astype(dtype)
         if cfg.mlp == "swiglu" and cfg.fused_projections:
             # One [D, 2, F] matmul for both input projections: gate first, then up.
@@ -65,9 +73,11 @@ class Mlp(nn.Module):
             gate_BxTxF = jnp.einsum("btd,df->btf", x_BxTxD, weight("gate", (d, f), ("embed", "mlp")))
             h_BxTxF = nn.silu(gate_BxTxF) * up_BxTxF
         else:
-            h_BxTxF = nn.gelu(jnp.einsum("btd,df->btf", x_BxTxD, weight("up", (d, f), ("embed", "mlp"))))
+            # flax's gelu is the tanh approximation (GPT-2's gelu_new).
+            h_BxTxF = nn.gelu(biased(jnp.einsum("btd,df->btf", x_BxTxD, weight("up", (d, f), ("embed", "mlp"))),
+                                     "up", "mlp"))
         h_BxTxF = layers.constrain(h_BxTxF, ("act_batch", None, "act_mlp"))
-        return jnp.einsum("btf,fd->btd", h_BxTxF, weight("down", (f, d), ("mlp", "embed")))
+        return biased(jnp.einsum("btf,fd->btd", h_BxTxF, weight("down", (f, d), ("mlp", "embed"))), "down", "embed")
 
 
 class Block(nn.Module):

@@ -36,6 +36,13 @@ class TransformerCore(precision.Precision):
     positional: Literal["sinusoidal", "learned", "rope"] = "learned"
     norm: Literal["layernorm", "rmsnorm"] = "layernorm"
     mlp: Literal["gelu", "swiglu"] = "gelu"
+    # Knobs that imported checkpoints (jaxmodels/interop/hf.py) need; the defaults are the
+    # model as it always was. norm_eps None: flax's own epsilon (1e-6); GPT-2 uses 1e-5.
+    norm_eps: float | None = None
+    # Biases on the attention projections and the MLP's matrices (GPT-2 has them, Llama not).
+    bias: bool = False
+    # The rotary base (Llama's rope_theta).
+    rope_base: float = 10000.0
     # One compiled block scanned over depth: compile time independent of num_layers.
     scan_layers: bool = False
     # Recompute each block's activations in the backward pass: memory for FLOPs.
@@ -71,6 +78,10 @@ class TransformerCore(precision.Precision):
     # head dim grow with it, the number of heads is fixed.
     parametrization: Literal["standard", "mup"] = "standard"
     base_width: int = 128
+    # A workdir (trained, or an imported checkpoint: `jaxmodels import-hf`) whose weights a
+    # fresh run starts from (fine-tuning); a resumed run reads its own checkpoint instead.
+    # training/init_from.py.
+    init_from: str | None = None
 
     # Logical axes whose size grows with the width (see parametrization); "heads", "kv",
     # "vocab", "max_len", "patch" and "classes" do not.

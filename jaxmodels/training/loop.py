@@ -66,6 +66,7 @@ from jaxmodels.parallel import mesh as mesh_lib
 from jaxmodels.parallel import rules as rules_lib
 from jaxmodels.parallel import sharding as sharding_lib
 from jaxmodels.parallel import stop_vote
+from jaxmodels.training import init_from
 # Accounting and bookkeeping only (device peaks, the results table): accounting/ imports no
 # training code, so this does not turn the cli -> scaling -> training direction around.
 from jaxmodels.accounting import hardware, results
@@ -467,7 +468,7 @@ def _session(s: Setup, ckpt, workdir: pathlib.Path, main: bool, log, t_start: fl
     cfg = s.config
     run = RunCheckpoint(ckpt, s, workdir, log, t_start)
     resumed = run.resume()
-    state, ls, records = (s.init_fn(), LoopState(), []) if resumed is None else resumed
+    state, ls, records = (init_from.fresh_state(s), LoopState(), []) if resumed is None else resumed
     batches = distributed.train_stream(s.task, cfg.train.seed, s.batch_sharding, cfg.data.batch_size)
     if ls.data is not None:
         batches.set_state(ls.data)

@@ -1,0 +1,1 @@
+"""Converters between jaxmodels checkpoints and other frameworks' (Hugging Face transformers)."""
