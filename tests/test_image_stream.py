@@ -183,3 +183,9 @@ def test_resume_after_kill_9_across_an_epoch_boundary_with_augmentation(folder, 
     assert _records(tmp_path / "run") == _records(tmp_path / "ref")
     for x, y in zip(jax.tree.leaves(_state(tmp_path / "run")), jax.tree.leaves(_state(tmp_path / "ref")), strict=True):
         assert np.array_equal(x, y)
+
+
+def test_augment_on_an_in_memory_dataset_is_refused(tmp_path):
+    cfg = C.apply_overrides(C.load(CNN, tiny=True), ["data.dataset=digits", "data.augment=flip"])
+    with pytest.raises(UserError, match=r"data.augment='flip' applies to data.dataset=image_folder only"):
+        jaxmodels.train(cfg, tmp_path)
