@@ -60,11 +60,20 @@ class DataConfig:
     # Text only: windows the final evaluation reads, spread evenly over the split (None: all of
     # it); summary.json's eval_fraction says how much of the split that was.
     final_eval_windows: int | None = None
+    # Input pipeline (data/prefetch.py, data/image_folder.py): train batches read and placed this
+    # many steps ahead in a background thread (0: in the loop); grain worker processes that decode
+    # and augment streamed images (0: in-process); augmentations of train images, a comma list of
+    # "crop:P" (pad P pixels each side, random crop back) and "flip" (random horizontal flip).
+    prefetch: int = 2
+    workers: int = 0
+    augment: str = ""
 
     def problems(self):
         out = [(n, f"must be positive, got {getattr(self, n)}")
                for n in ("batch_size", "eval_batch_size", "seq_len", "vocab_size")
                if getattr(self, n) <= 0]
+        out += [(n, f"must be >= 0, got {getattr(self, n)}") for n in ("prefetch", "workers")
+                if getattr(self, n) < 0]
         if self.eval_windows is not None and self.eval_windows <= 0:
             out.append(("eval_windows", f"must be positive or none, got {self.eval_windows}"))
         if self.final_eval_windows is not None and self.final_eval_windows <= 0:

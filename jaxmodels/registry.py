@@ -159,6 +159,7 @@ def objective_factory(name: str):
 
 for _name in ("mnist", "fashion_mnist", "digits"):
     register_dataset(_name, "jaxmodels.data.builtin:image_source")
+register_dataset("image_folder", "jaxmodels.data.image_folder:build")
 for _name in ("shakespeare", "wikipedia", "text", "tiny_shakespeare", "wikitext2", "enwik8"):
     register_dataset(_name, "jaxmodels.data.builtin:text_source")
 register_dataset("tokens", "jaxmodels.data.builtin:tokens_source")

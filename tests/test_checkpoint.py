@@ -397,7 +397,8 @@ def test_each_family_resumes_bitwise_after_a_sigterm(family, tmp_path, monkeypat
     path, extra = FAMILIES[family]
     cfg = C.apply_overrides(C.load(path, tiny=True), [
         *extra, "train.steps=10", "train.log_every=3", "train.eval_every=4",
-        "checkpoint.every_steps=none", "train.progress=false"])
+        "checkpoint.every_steps=none", "train.progress=false",
+        "data.prefetch=0"])  # read in step order, so the signal comes at step 5 (test_prefetch.py reads ahead)
     reference = jaxmodels.train(cfg, tmp_path / "reference")
 
     stream_class = type(tasks.build(cfg.data).train_batches(0))

@@ -145,7 +145,9 @@ def test_fit_resumes_bitwise_after_sigterm(uninterrupted, tmp_path, name):
         jaxmodels.fit(MODELS[name](), source, workdir=tmp_path, **FIT)
     assert stop.value.exit_code == 128 + signal.SIGTERM
     again = jaxmodels.fit(MODELS[name](), _Killing(None), workdir=tmp_path, **FIT)
-    assert again["resumed_from"] == [11]  # the step in flight when the signal came
+    # The step in flight when the signal came: the stream is read up to data.prefetch + 1 = 3
+    # batches ahead of the steps (data/prefetch.py), so batch 11 is read during step 8 to 11.
+    assert 8 <= again["resumed_from"][0] <= 11 and len(again["resumed_from"]) == 1
     for key in ("train_loss", "eval_loss", "eval_accuracy", "val_loss"):
         assert again[key] == full[key], key
     _assert_same_tree(_weights(tmp_path, MODELS[name]()), _weights(full_dir, MODELS[name]()))
@@ -170,7 +172,9 @@ def test_fit_resumes_bitwise_after_kill_9(uninterrupted, tmp_path, name):
     assert out.returncode == -signal.SIGKILL, out.stderr[-2000:]
     assert not (tmp_path / "summary.json").exists()
     again = jaxmodels.fit(MODELS[name](), _Killing(None), workdir=tmp_path, **FIT)
-    assert again["resumed_from"][0] in (8, 12)  # the newest complete checkpoint
+    # The newest complete checkpoint: batch 15 is read up to 3 steps early (data/prefetch.py),
+    # so the kill can land while step 8's asynchronous save is still in flight.
+    assert again["resumed_from"][0] in (4, 8, 12)
     for key in ("train_loss", "eval_loss", "eval_accuracy"):
         assert again[key] == full[key], key
     _assert_same_tree(_weights(tmp_path, MODELS[name]()), _weights(full_dir, MODELS[name]()))

@@ -141,6 +141,7 @@ class LMTask:
 
 def image_source(cfg: DataConfig) -> ImageTask:
     """mnist, fashion_mnist or digits, loaded offline first (see jaxmodels/data/sources.py)."""
+    _no_augment(cfg)
     dataset = load_image_dataset(cfg.dataset, data_dir=cfg.data_dir, download=cfg.download,
                                  mirror=cfg.mirror)
     return ImageTask(dataset, cfg)
@@ -148,6 +149,7 @@ def image_source(cfg: DataConfig) -> ImageTask:
 
 def text_source(cfg: DataConfig) -> LMTask:
     """A text corpus with a tokenizer trained on its train split (see jaxmodels/data/lm.py)."""
+    _no_augment(cfg)
     corpus, tokenizer, ids = load_lm_data(
         cfg.dataset, tokenizer=cfg.tokenizer, vocab_size=cfg.vocab_size,
         data_dir=cfg.data_dir, download=cfg.download, mirror=cfg.mirror)
@@ -177,3 +179,10 @@ def tokens_source(cfg: DataConfig) -> LMTask:
                         f"{store.folder} ({shortest} tokens): lower data.seq_len")
     corpus = _StoreCorpus("tokens", f"token store {store.folder}, {store.index['dtype']}")
     return LMTask(corpus, store.tokenizer(), dict(store.ids), cfg)
+
+
+def _no_augment(cfg: DataConfig) -> None:
+    # Silently training without the augmentation asked for would be worse than refusing.
+    if cfg.augment:
+        raise UserError(f"data.augment={cfg.augment!r} applies to data.dataset=image_folder only, "
+                        f"not {cfg.dataset}: remove data.augment")

@@ -57,6 +57,7 @@ import tqdm.auto
 
 from jaxmodels import config as config_lib
 from jaxmodels import data as data_lib
+from jaxmodels.data import prefetch
 from jaxmodels import files
 from jaxmodels import models
 from jaxmodels.config import Config
@@ -526,12 +527,16 @@ def _train(s: Setup, ckpt: checkpoint.Checkpoints, workdir: pathlib.Path, main: 
     bar = tqdm.auto.tqdm(total=s.total_steps, initial=start_step,
                          disable=not (cfg.train.progress and main), unit="step",
                          dynamic_ncols=True, file=sys.stderr)
+    # The next batches are read and placed while a step runs; checkpoints record the consumed ones.
+    se.batches = batches = prefetch.Prefetch(
+        se.batches, lambda b: distributed.put_batch(b, s.batch_sharding), cfg.data.prefetch,
+        place_in_thread=jax.process_count() == 1)  # global arrays: on the dispatching thread
     try:
         with signals:
             vote = signals.vote  # every process stops at the same step
             for step in range(start_step + 1, last + 1):
                 profiler.before(step, state)
-                state, metrics = s.train_step(state, distributed.put_batch(next(se.batches), s.batch_sharding))
+                state, metrics = s.train_step(state, next(batches))
                 mlog.add(step, metrics)
                 meter.stepped(step == start_step + 1, metrics)
                 bar.update(1)
@@ -572,6 +577,7 @@ def _train(s: Setup, ckpt: checkpoint.Checkpoints, workdir: pathlib.Path, main: 
         ckpt.wait()
     finally:
         profiler.stop(None)
+        batches.close()
         bar.close()
         mlog.close()
     with signals:

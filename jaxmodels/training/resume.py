@@ -19,6 +19,7 @@ SAFE = (
     "train.microbatches",  # the same gradient, computed in more or fewer slices
     "train.nonfinite", "train.spike_sigma", "train.spike_window",
     "data.eval_batch_size", "data.eval_windows", "data.eval_split", "data.download", "data.mirror",
+    "data.prefetch", "data.workers",  # how fast batches come, not which
     # Schedule and step-size hyper-parameters change what comes next, not the state's layout.
     "optimizer.learning_rate", "optimizer.schedule", "optimizer.warmup_steps",
     "optimizer.final_lr_fraction", "optimizer.b1", "optimizer.b2", "optimizer.eps",
@@ -33,7 +34,8 @@ SAFE = (
 # run would silently train nothing, so `finished_run_changes` reports it.
 AFTER_THE_END = (
     "name", "train.progress", "train.log_every", "train.eval_every", "data.eval_batch_size",
-    "data.eval_windows", "data.eval_split", "data.download", "data.mirror", "parallel.",
+    "data.eval_windows", "data.eval_split", "data.download", "data.mirror", "data.prefetch",
+    "data.workers", "parallel.",
     "checkpoint.", "experiment_file", "experiment_sha256",
 )
 
