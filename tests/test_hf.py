@@ -267,3 +267,38 @@ def test_import_into_a_used_workdir_and_init_from_without_weights(imported, tmp_
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match="has no weights/"):
         jaxmodels.train(_finetune_config(work, f"model.init_from={tmp_path / 'empty'}"), tmp_path / "bad")
+
+
+def test_init_from_under_fsdp_tensor_on_8_devices_equals_one_device(imported, tmp_path):
+    """model.init_from restores the imported weights straight into the run's shardings: a
+    fsdp_tensor run on 8 simulated devices (a subprocess, so the device count is its own) logs the
+    same losses as the single-device run from the same import."""
+    import os
+    import pathlib
+    import subprocess
+    import sys
+
+    from jaxmodels import cli
+
+    work = imported[2]
+    common = [str(work / "config.json"), f"model.init_from={work}", "train.steps=3",
+              "train.log_every=1", "train.eval_every=none", "train.progress=false",
+              "checkpoint.every_steps=none", "data.eval_windows=2", "data.batch_size=8",
+              "optimizer.learning_rate=3e-3", "train.tensorboard=false"]
+    assert cli.main(["train", *common, "--workdir", str(tmp_path / "one")]) == 0
+    root = pathlib.Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=str(root), JAX_PLATFORMS="cpu",
+               XLA_FLAGS="--xla_force_host_platform_device_count=8")
+    done = subprocess.run([sys.executable, "-m", "jaxmodels.cli", "train", *common,
+                           "parallel.preset=fsdp_tensor", "--workdir", str(tmp_path / "eight")],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+    def losses(w):
+        lines = (w / "metrics.jsonl").read_text().splitlines()
+        return [json.loads(line)["loss"] for line in lines if "loss" in json.loads(line)]
+
+    one, eight = losses(tmp_path / "one"), losses(tmp_path / "eight")
+    assert len(one) == 3 and np.allclose(one, eight, rtol=1e-5, atol=1e-6), (one, eight)
+    summary = json.loads((tmp_path / "eight" / "summary.json").read_text())
+    assert len(summary["devices"]) == 8, summary["devices"]

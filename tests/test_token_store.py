@@ -283,7 +283,10 @@ def test_bad_prepare_arguments_are_one_line(argv, expected, text_file, tmp_path,
     assert expected in err and len(err.strip().splitlines()) == 1
 
 
-def test_sigterm_then_resume_across_epochs_is_exact(tmp_path):
+@pytest.mark.parametrize("how", ["SIGTERM", "SIGKILL"])
+def test_stop_then_resume_across_epochs_is_exact(how, tmp_path):
+    """SIGTERM (the run saves and stops) or kill -9 (the run resumes from its last periodic
+    checkpoint, past an epoch boundary) and a relaunch equal the uninterrupted run."""
     import signal
     import time
 
@@ -296,26 +299,31 @@ def test_sigterm_then_resume_across_epochs_is_exact(tmp_path):
     def argv(workdir):
         return [sys.executable, "-m", "jaxmodels.cli", "train", str(GPT), "--tiny", *TINY,
                 "data.dataset=tokens", f"data.data_dir={tmp_path / 's'}", "train.steps=400",
-                "train.eval_every=none", "--workdir", str(workdir)]
+                "train.eval_every=none", "checkpoint.every_steps=10", "--workdir", str(workdir)]
 
     straight = subprocess.run(argv(tmp_path / "a"), cwd=ROOT, env=env, capture_output=True,
                               text=True, timeout=300)
     assert straight.returncode == 0, straight.stderr[-2000:]
     proc = subprocess.Popen(argv(tmp_path / "b"), cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
-    metrics, deadline = tmp_path / "b" / "metrics.jsonl", time.monotonic() + 300
-    while not metrics.exists() or len(metrics.read_text().splitlines()) < 30:
+    ckpts, deadline = tmp_path / "b" / "checkpoints", time.monotonic() + 300
+    # Past the checkpoint of step 20 (epoch 2 began at step 15).
+    while not (ckpts.is_dir() and any(p.name.isdigit() and int(p.name) >= 20 for p in ckpts.iterdir())):
         assert time.monotonic() < deadline and proc.poll() is None, "the run did not start"
         time.sleep(0.01)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(getattr(signal, how))
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
-    stopped_at = int(err.strip().splitlines()[-1].split("after step ")[1].split(":")[0])
-    assert 14 < stopped_at < 400
+    assert proc.returncode == (128 + signal.SIGTERM if how == "SIGTERM" else -signal.SIGKILL), err[-2000:]
     again = subprocess.run(argv(tmp_path / "b"), cwd=ROOT, env=env, capture_output=True,
                            text=True, timeout=300)
     assert again.returncode == 0, again.stderr[-2000:]
-    assert json.loads((tmp_path / "b" / "summary.json").read_text())["resumed_from"] == [stopped_at]
+    resumed_from = json.loads((tmp_path / "b" / "summary.json").read_text())["resumed_from"]
+    if how == "SIGTERM":
+        stopped_at = int(err.strip().splitlines()[-1].split("after step ")[1].split(":")[0])
+        assert 14 < stopped_at < 400 and resumed_from == [stopped_at]
+    else:
+        assert len(resumed_from) == 1 and 20 <= resumed_from[0] < 400 and resumed_from[0] % 10 == 0
+
     def learned(workdir):  # the numbers of the run, without its timings
         return [{k: v for k, v in r.items() if not k.endswith(("_per_sec", "_s")) and k != "mfu"}
                 for r in _metrics(workdir)]
