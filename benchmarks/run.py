@@ -16,7 +16,10 @@ counts are asserted equal to jaxmodels') with the experiment file's optimizer; t
 the same pre-assembled batches, jaxmodels reads its own data pipeline. "compile s" is the first
 repeat's (cold caches: each sitting gets fresh JAX and Inductor cache folders, which later
 repeats then hit). Device memory is XLA's memory analysis of the compiled train step (arguments
-+ outputs - donated + temporaries); PyTorch and Keras have no such figure here.
++ outputs - donated + temporaries); PyTorch and Keras have no such figure here. Every JAX run
+(jaxmodels, the hand-written Flax step, Keras on JAX) compiles with the same XLA_FLAGS: the
+environment's, else the CPU flags a jaxmodels CLI run sets (jaxmodels/runtime.py CPU_FLAGS), so
+the jaxmodels / Flax column is the framework's own cost, not a compiler setting.
 
 --quick: fewer steps, no torch.compile or GPT-2-small (a few minutes in all; the overhead rows
 jaxmodels.fit and jaxmodels-step included). --smoke: toy shapes, a couple of steps, one repeat,
@@ -125,6 +128,13 @@ def child_env(tmp: str, xla_flags: str | None, single_thread: bool = False) -> d
     flags = [f for f in env.get("XLA_FLAGS", "").split() if "force_host_platform_device_count" not in f]
     if xla_flags is not None:
         flags = shlex.split(xla_flags)
+    elif "XLA_FLAGS" not in os.environ:
+        # What a jaxmodels CLI or fit run gets here (jaxmodels/runtime.py sets them when XLA_FLAGS
+        # is unset), given to every JAX implementation alike: the hand-written Flax step and Keras
+        # compile with the same XLA, so jaxmodels / Flax stays the framework's own cost.
+        from jaxmodels import runtime
+
+        flags = list(runtime.CPU_FLAGS)
     if single_thread:
         flags += SINGLE_THREAD_XLA
         env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
@@ -246,7 +256,9 @@ def main(argv=None) -> int:
     p.add_argument("--impls", default=None, help="comma-separated implementations (default: all)")
     p.add_argument("--repeats", type=int, default=None, help="runs per implementation (default 3; 1 with --smoke)")
     p.add_argument("--json", default=None, help="write the report here (default: runs/benchmarks/MODE.json)")
-    p.add_argument("--xla-flags", default=None, help="XLA_FLAGS for every JAX run (default: the environment's)")
+    p.add_argument("--xla-flags", default=None,
+                   help="XLA_FLAGS for every JAX run (default: the environment's; when unset, the "
+                        "CPU flags jaxmodels' CLI sets, runtime.CPU_FLAGS)")
     p.add_argument("--timeout", type=float, default=900.0, help="seconds one run may take")
     p.add_argument("--single-thread", action="store_true",
                    help="one compute thread per run (XLA and PyTorch): for a machine other jobs share")
@@ -272,6 +284,7 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="jaxmodels_bench_") as tmp:
         env = child_env(tmp, args.xla_flags, args.single_thread)
         report["single_thread"] = args.single_thread
+        report["xla_flags"] = env["XLA_FLAGS"]
         for name in names:
             w = workloads.get(name, mode_name)
             steps = w.steps[mode_name]
@@ -307,6 +320,7 @@ def main(argv=None) -> int:
                                   for r in wl["results"].values())
     text = table(report)
     print(text)
+    print(f"XLA_FLAGS of every JAX run: {report['xla_flags'] or '(none)'}")
     _write(out_path, report)
     print(f"wrote {out_path} ({report['wall_s']:.0f} s)", file=sys.stderr)
     return 0

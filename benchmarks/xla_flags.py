@@ -32,7 +32,11 @@ ROOT = os.path.dirname(HERE)
 
 SETTINGS = {
     "none": "",
-    "ynn": "--xla_cpu_experimental_ynn_fusion_type=dot",
+    # jaxmodels' default (jaxmodels/runtime.py CPU_FLAGS): dots fused with their elementwise
+    # neighbours and reductions in YNNPACK, convolutions in XLA's own kernels.
+    "ynn_dot_reduce": "--xla_cpu_experimental_ynn_fusion_type=dot,reduce",
+    "ynn_dot_reduce_conv": "--xla_cpu_experimental_ynn_fusion_type=dot,reduce,individual_convolution",
+    "ynn": "--xla_cpu_experimental_ynn_fusion_type=dot",  # overwrites the list: reductions leave YNN
     "onednn": "--xla_cpu_use_onednn=true --xla_cpu_experimental_onednn_fusion_type=dot",
     "ynn+onednn": "--xla_cpu_experimental_ynn_fusion_type=dot --xla_cpu_use_onednn=true "
                   "--xla_cpu_experimental_onednn_fusion_type=dot",
@@ -42,11 +46,13 @@ _GPT = "experiments/configs/gpt_shakespeare.py"
 # (config file, overrides, timed steps at --scale 1): the shapes of issue 11's table.
 WORKLOADS = {
     "cnn": ("experiments/configs/seed_cnn_mnist.py", [], 150),
+    "bn_cnn": ("experiments/configs/bn_cnn_mnist.py", [], 40),  # 2 conv blocks with batch norm
     "gpt_small": (_GPT, ["model.positional=learned"], 40),  # 4L/128D/4H, ctx 64, batch 12
     "gpt_mid": (_GPT, ["model.positional=learned", "model.num_layers=6", "model.d_model=384",
                        "model.num_heads=6", "model.max_len=256", "data.seq_len=256",
                        "data.batch_size=16"], 6),
     "lstm": ("experiments/configs/lstm_shakespeare.py", [], 30),  # 1x256, ctx 64, batch 32
+    "vit": ("experiments/configs/vit_mnist.py", ["data.batch_size=128"], 8),  # 4x64, MNIST
 }
 
 

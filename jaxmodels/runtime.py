@@ -33,17 +33,19 @@ import sys
 
 CACHE_ENV = "JAXMODELS_COMPILE_CACHE"
 FLAGS_ENV = "JAXMODELS_XLA_FLAGS"
-# Empty: nothing measured earned its place. benchmarks/xla_flags.py on these 2-core AMD EPYC
-# machines (jaxlib 0.10.2): the oneDNN dot fusion (--xla_cpu_use_onednn=true
-# --xla_cpu_experimental_onednn_fusion_type=dot, alone or with YNN) kills XLA with SIGILL
-# ("partition compile failed") on a plain dense layer; --xla_cpu_experimental_ynn_fusion_type=dot
-# only folds elementwise epilogues into the dots, which jaxlib 0.10 already hands to YNNPACK
-# without it; losses equal to 2e-7 relative. Under heavy load: within noise on the GPTs and
-# the LSTM (paired ratios 0.84-1.94), slower on the seed CNN in 4 pairs of 4 (0.25-0.83, the flag
-# always run second while the load rose). On a quiet machine the 6L/384D GPT gained 1.14 and 1.18
-# in two pairs, but the seed CNN lost half its speed (0.43, 0.55): no flag wins everywhere. A winner
-# found later is one line here (tests/test_xla_flags.py then checks it trains the same losses).
-CPU_FLAGS: tuple[str, ...] = ()
+# Measured with benchmarks/xla_flags.py on these 2-core AMD EPYC machines (jaxlib 0.10.2), each
+# setting its own process, interleaved. jaxlib already hands single dots, convolutions and
+# reductions to YNNPACK one op at a time; "dot,reduce" replaces that list: dots go to YNNPACK with
+# their elementwise producers and consumers fused in (no separate transposing copy of the GELU
+# gradient before each weight-gradient dot), reductions stay there, convolutions go back to XLA's
+# own (Eigen) kernels. Ratios of steps/s to no flag, medians over 2-3 repeats: GPT 4L/128D 1.20,
+# GPT 6L/384D 1.10, LSTM 1x256 1.27, ViT 4x64 1.11, the two-block batch-norm CNN 1.30, the seed
+# CNN 0.93-0.96 (within its run-to-run spread of 0.86-1.52). The overwrite form "dot" alone (no
+# reduce) halves the seed CNN (its conv-bias gradient reduction leaves YNNPACK), and
+# "dot,reduce,individual_convolution" gives back the batch-norm CNN's gain. Losses: equal to
+# float32 reassociation (tests/test_xla_flags.py; 6e-3 relative after 40 batch-norm steps). The
+# oneDNN dot fusion kills XLA with SIGILL here ("partition compile failed"): not used.
+CPU_FLAGS: tuple[str, ...] = ("--xla_cpu_experimental_ynn_fusion_type=dot,reduce",)
 
 _OFF = ("0", "false", "off", "no")
 

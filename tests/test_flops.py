@@ -176,9 +176,9 @@ def _causal_square_counted_by_xla(cfg, t: int) -> int:
     return 3 * cfg.num_layers * 2 * (2 * cfg.num_heads * cfg.head_dim) * masked_pairs
 
 
-def _assert_close_to_xla(cfg, shape, batch, expected_per_example):
+def _assert_close_to_xla(cfg, shape, batch, expected_per_example, upper=XLA_TOLERANCE[1]):
     ratio = _xla_flops(cfg, shape, batch) / (batch * expected_per_example)
-    assert XLA_TOLERANCE[0] <= ratio <= XLA_TOLERANCE[1], f"XLA / analytic = {ratio:.4f}"
+    assert XLA_TOLERANCE[0] <= ratio <= upper, f"XLA / analytic = {ratio:.4f}"
 
 
 def test_cnn_flops_match_xla_with_its_padding_convention():
@@ -211,10 +211,17 @@ def test_mlp_flops_match_xla():
 ], ids=["lstm_lm", "gru_classifier"])
 def test_rnn_flops_match_xla_counting_the_loop_body_once(cfg, shape, batch):
     acc = flops.account(cfg, shape)
-    t, gates = shape[0], {"lstm": 4, "gru": 3}[cfg.cell] * cfg.hidden
-    recurrent_per_step = 3 * cfg.num_layers * 2 * cfg.hidden * gates
+    t = shape[0]
+    # Both gate matmuls of every layer run in the loop body (models/rnn.py), which XLA counts
+    # once: take T - 1 steps of them out. Each is 3x its forward in training, 2x where it reads
+    # the data (no input gradient: the classifier's image rows).
+    per_step = sum(term.forward_flops // t * (2 if term.reads_data else 3) for term in acc.terms
+                   if term.name.endswith((" input", " recurrent")))
     assert acc.tokens_per_example == (t if isinstance(cfg, M.RNNLMConfig) else 1)
-    _assert_close_to_xla(cfg, shape, batch, acc.model_flops_per_example - (t - 1) * recurrent_per_step)
+    # What is left is one step's matmuls beside the head, so one step's elementwise gate work
+    # (which XLA counts and the formula does not) weighs more than in a whole network: up to 12 %.
+    _assert_close_to_xla(cfg, shape, batch, acc.model_flops_per_example - (t - 1) * per_step,
+                         upper=1.12)
 
 
 # A context long against the width (T = 4 D): attention is 24 % of the training FLOPs, so counting
@@ -471,16 +478,16 @@ def test_xla_flops_per_example_are_within_15_percent_of_the_formulas(cfg, shape,
 
 
 def test_xla_flops_of_an_lstm_are_a_lower_bound_that_says_so():
-    # The recurrent matmul runs in a while loop over time steps, whose body XLA counts once: the
-    # raw figure is far below the formula (measured 0.64 here) and is flagged as a lower bound.
-    # Reconciled (the recurrent matmul counted once, as XLA does) it is within 15 %.
+    # The gate matmuls run in a while loop over time steps, whose body XLA counts once: the raw
+    # figure is far below the formula (measured 0.27 here) and is flagged as a lower bound.
+    # Reconciled (both gate matmuls counted once, as XLA does) it is within 15 %.
     cfg, shape, batch = M.RNNLMConfig(cell="lstm", hidden=128, vocab_size=256, embed_dim=128), (16,), 16
     xf = _xla_per_example(cfg, shape, batch)
     assert xf.while_loops >= 1 and "lower bound" in xf.reason
     analytic = flops.account(cfg, shape).model_flops_per_example
     assert xf.per_example < 0.85 * analytic
     t, gates = shape[0], 4 * cfg.hidden
-    once = analytic - (t - 1) * 3 * 2 * cfg.hidden * gates
+    once = analytic - (t - 1) * 3 * 2 * (cfg.hidden + cfg.embed_dim) * gates
     assert abs(xf.per_example / once - 1) <= XLA_RAW_TOLERANCE, f"{xf.per_example / once:.4f}"
 
 

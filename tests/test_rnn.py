@@ -136,8 +136,8 @@ def test_scan_equals_python_loop_over_the_cell(cell):
         h = x[:, t]
         for layer in range(cfg.num_layers):
             p = jax.tree.map(np.asarray, params[f"layer_{layer}"])
-            xg = np.asarray(h) @ p["input"]["kernel"] + p["input"]["bias"]
-            state[layer], h = step({"params": p["recurrent"]}, state[layer], xg)
+            state[layer], h = step({"params": p["recurrent"]}, state[layer], np.asarray(h),
+                                   p["input"]["kernel"], p["input"]["bias"])
         outs.append(h)
     np.testing.assert_allclose(h_BxTxD, np.stack(outs, axis=1), rtol=1e-5, atol=1e-6)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),

@@ -57,24 +57,31 @@ def test_after_jax_started_says_so_once(monkeypatch, capsys):
     assert err.count("are not applied") == 1 and "XLA_FLAGS" not in os.environ, err
 
 
-MLP = str(ROOT / "experiments/configs/mlp_mnist.py")
+CONFIGS = {  # one dense-only model, and a Transformer: attention's dots, softmax and norms
+    "mlp": [str(ROOT / "experiments/configs/mlp_mnist.py"), "data.dataset=digits"],
+    "gpt": [str(ROOT / "experiments/configs/gpt_shakespeare.py"), "data.eval_windows=2"],
+}
 
 
-def _train_loss(workdir, **env) -> float:
+def _train_loss(workdir, model, **env) -> float:
     base = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", runtime.FLAGS_ENV)}
-    proc = subprocess.run([sys.executable, "-m", "jaxmodels.cli", "train", MLP, "--tiny",
-                           "data.dataset=digits", "train.steps=3", "train.eval_every=none",
+    path, *extra = CONFIGS[model]
+    proc = subprocess.run([sys.executable, "-m", "jaxmodels.cli", "train", path, "--tiny", *extra,
+                           "train.steps=3", "train.eval_every=none", "optimizer.warmup_steps=1",
                            "checkpoint.every_steps=none", "--no-compile-cache", "--workdir",
                            str(workdir)], env={**base, "PYTHONPATH": str(ROOT), **env},
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
+    # The start-up line says which flags the run compiled with.
+    assert ("jaxmodels' XLA CPU flags" in proc.stdout + proc.stderr) == (runtime.FLAGS_ENV not in env)
     return json.loads((workdir / "summary.json").read_text())["train_loss"]
 
 
 # Turned on by adopting a flag in runtime.CPU_FLAGS: until then both runs are the same program.
 @pytest.mark.skipif(not runtime.CPU_FLAGS, reason="no XLA CPU flag adopted (runtime.CPU_FLAGS)")
-def test_adopted_flags_train_the_same_losses(tmp_path):
-    with_flags = _train_loss(tmp_path / "with")
-    without = _train_loss(tmp_path / "without", **{runtime.FLAGS_ENV: "0"})
+@pytest.mark.parametrize("model", sorted(CONFIGS))
+def test_adopted_flags_train_the_same_losses(tmp_path, model):
+    with_flags = _train_loss(tmp_path / "with", model)
+    without = _train_loss(tmp_path / "without", model, **{runtime.FLAGS_ENV: "0"})
     # A fused dot may sum in another order: float32 reassociation over 3 steps, no more.
     assert with_flags == pytest.approx(without, rel=1e-5)

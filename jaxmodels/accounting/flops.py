@@ -8,7 +8,7 @@ What is counted (the conventions, stated once):
 
 - A multiply-add is 2 FLOPs. Only matrix products are counted: dense layers, convolutions (kernel
   x in x out x output positions, the taps on a 'same' convolution's zero padding included), the
-  recurrent and hoisted input matmuls of RNN cells, the attention projections, scores (QK^T) and
+  recurrent and input matmuls of RNN cells, the attention projections, scores (QK^T) and
   values (PV), and the output head. Elementwise work is not: biases, norms, softmax, activations,
   gates, pooling (also the classifier's masked mean, an einsum of 2 T D), RoPE, embedding
   lookups, the loss and the optimizer update.
