@@ -140,7 +140,12 @@ def test_importing_jaxmodels_has_no_side_effects(tmp_path):
                "jaxmodels.training.resume, jaxmodels.training.mup, jaxmodels.data, jaxmodels.generate, "
                "jaxmodels.scaling.fit, jaxmodels.accounting.flops, jaxmodels.accounting.hardware, "
                "jaxmodels.accounting.results, jaxmodels.orchestration.sweep, jaxmodels.orchestration.packed, "
-               "jaxmodels.scaling.coordcheck")
+               "jaxmodels.scaling.coordcheck, jaxmodels.interop.hf, jaxmodels.training.tensorboard, "
+               "jaxmodels.training.profile, jaxmodels.data.tokenizers, jaxmodels.data.prepare, "
+               "jaxmodels.data.image_folder")
+    # Heavy or optional packages the library uses lazily: importing it must not load them (each
+    # costs seconds of start-up; torch and keras are benchmark peers only).
+    lazy = ("torch", "transformers", "tensorboardX", "tokenizers", "safetensors", "keras", "grain")
     code = (
         "import os, jax\n"
         "env = dict(os.environ)\n"
@@ -150,6 +155,9 @@ def test_importing_jaxmodels_has_no_side_effects(tmp_path):
         "assert flags == {k: getattr(jax.config, k) for k in flags}\n"
         "from jax._src import xla_bridge\n"
         "assert not xla_bridge._backends, 'importing initialised a JAX backend'\n"
+        "import sys\n"
+        f"loaded = [m for m in {lazy!r} if m in sys.modules]\n"
+        "assert not loaded, f'importing loaded {loaded}'\n"
         "print('clean')\n")
     # The CPU peak cache is written only when a peak is asked for, never on import.
     cache = tmp_path / "cache"
