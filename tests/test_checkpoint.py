@@ -19,7 +19,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 import pytest
 
 import jaxmodels
@@ -30,6 +29,7 @@ from jaxmodels.errors import RunStopped, UserError
 from jaxmodels.training import checkpoint, loop, optim, resume, tasks
 from jaxmodels.training import step as step_lib
 from jaxmodels.training.state import init_state
+from helpers import TIMING, read_metrics, saved_state, sigterm_when_reading
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 MLP = ROOT / "experiments/configs/mlp_mnist.py"
@@ -39,7 +39,6 @@ MLP = ROOT / "experiments/configs/mlp_mnist.py"
 RUN = [str(MLP), "--tiny", "data.dataset=digits", "train.steps=45", "train.eval_every=none",
        "train.log_every=5", "optimizer.schedule=warmup_cosine", "optimizer.warmup_steps=5",
        "model.dropout=0.1", "checkpoint.every_steps=1", "checkpoint.keep=2"]
-TIMING = ("examples_per_sec", "tokens_per_sec", "mfu", "hfu")
 
 
 def _env():
@@ -75,12 +74,11 @@ def _wait_for_checkpoint(workdir, at_least: int, proc, timeout=120.0):
 
 
 def _records(workdir):
-    lines = (pathlib.Path(workdir) / "metrics.jsonl").read_text().splitlines()
-    return [{k: v for k, v in json.loads(line).items() if k not in TIMING} for line in lines]
+    return read_metrics(workdir, drop=TIMING)
 
 
 def _records_with_timing(workdir):
-    return [json.loads(line) for line in (pathlib.Path(workdir) / "metrics.jsonl").read_text().splitlines()]
+    return read_metrics(workdir)
 
 
 def _summary_numbers(workdir):
@@ -90,9 +88,7 @@ def _summary_numbers(workdir):
 
 
 def _final_state(workdir, step=45):
-    """The saved train state of `step` as NumPy arrays (read without a target: values only)."""
-    path = pathlib.Path(workdir) / "checkpoints" / str(step) / "state"
-    return jax.tree.map(np.asarray, ocp.StandardCheckpointer().restore(path.absolute()))
+    return saved_state(workdir, step)
 
 
 def _assert_same_run(a, b):
@@ -401,19 +397,10 @@ def test_each_family_resumes_bitwise_after_a_sigterm(family, tmp_path, monkeypat
         "data.prefetch=0"])  # read in step order, so the signal comes at step 5 (test_prefetch.py reads ahead)
     reference = jaxmodels.train(cfg, tmp_path / "reference")
 
-    stream_class = type(tasks.build(cfg.data).train_batches(0))
-    real_next = stream_class.__next__
-
-    def next_then_signal(self):
-        batch = real_next(self)
-        if self.position == 5:  # the signal arrives while step 5 is being prepared
-            signal.raise_signal(signal.SIGTERM)
-        return batch
-
-    monkeypatch.setattr(stream_class, "__next__", next_then_signal)
+    restore = sigterm_when_reading(monkeypatch, cfg.data, 5)  # while step 5 is being prepared
     with pytest.raises(RunStopped, match="stopped by SIGTERM after step 5"):
         jaxmodels.train(cfg, tmp_path / "run")
-    monkeypatch.setattr(stream_class, "__next__", real_next)
+    restore()
     assert _steps(tmp_path / "run") == [5]
     resumed = jaxmodels.train(cfg, tmp_path / "run")
     assert resumed["resumed_from"] == [5]

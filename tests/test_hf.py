@@ -14,6 +14,7 @@ from jaxmodels.errors import UserError
 from jaxmodels.generate import make_generate
 from jaxmodels.interop import hf
 from jaxmodels.models.transformer import TransformerLM
+from helpers import sigterm_when_reading
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -209,19 +210,10 @@ def test_init_from_fine_tunes_and_resumes_bitwise(imported, tmp_path, monkeypatc
     scratch = jaxmodels.train(_finetune_config(work, "model.init_from=none"), tmp_path / "scratch")
     assert scratch["train_loss"] != reference["train_loss"]
 
-    stream_class = type(tasks.build(cfg.data).train_batches(0))
-    real_next = stream_class.__next__
-
-    def next_then_signal(self):
-        batch = real_next(self)
-        if self.position == 7:
-            signal.raise_signal(signal.SIGTERM)
-        return batch
-
-    monkeypatch.setattr(stream_class, "__next__", next_then_signal)
+    restore = sigterm_when_reading(monkeypatch, cfg.data, 7)
     with pytest.raises(RunStopped, match="stopped by SIGTERM after step 7"):
         jaxmodels.train(cfg, tmp_path / "run")
-    monkeypatch.setattr(stream_class, "__next__", real_next)
+    restore()
     resumed = jaxmodels.train(cfg, tmp_path / "run")
     assert resumed["resumed_from"] == [7]
     for key in ("train_loss", "val_loss", "eval_loss"):

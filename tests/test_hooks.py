@@ -18,6 +18,7 @@ from jaxmodels.errors import UserError
 from jaxmodels.models import MLPConfig
 from jaxmodels.training import checkpoint, loop
 from jaxmodels.training.hooks import CSVLogger, EarlyStopping, Hook, SavePredictions, Stop
+from helpers import read_metrics
 
 CONFIG = Config(
     name="hooks_digits",
@@ -27,10 +28,6 @@ CONFIG = Config(
     train=TrainConfig(steps=16, log_every=1, eval_every=2, progress=False),
     checkpoint=CheckpointConfig(every_steps=2, keep=3, async_save=False),
 )
-
-
-def _records(workdir):
-    return [json.loads(x) for x in (workdir / "metrics.jsonl").read_text().splitlines()]
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +57,7 @@ def test_hooks_see_the_records_and_do_not_change_the_run(plain, tmp_path):
     hooks = (rec, lambda step, record: seen.append(step), CSVLogger(),
              SavePredictions(inputs, every=4), EarlyStopping(patience=100))
     ours = loop.train(CONFIG, tmp_path, hooks=hooks)
-    records = _records(tmp_path)
+    records = read_metrics(tmp_path)
     assert rec.logged == records and seen == [r["step"] for r in records]
     assert [s for s, _ in rec.evals] == list(range(2, 17, 2))
     assert all(set(m) == {"val_loss", "val_accuracy"} for _, m in rec.evals)
@@ -68,7 +65,7 @@ def test_hooks_see_the_records_and_do_not_change_the_run(plain, tmp_path):
     # Bitwise the run without hooks: records (timings aside), summary numbers, weights.
     timing = ("examples_per_sec", "mfu", "hfu")
     strip = lambda rs: [{k: v for k, v in r.items() if k not in timing} for r in rs]  # noqa: E731
-    assert strip(records) == strip(_records(workdir))
+    assert strip(records) == strip(read_metrics(workdir))
     for key in ("train_loss", "val_loss", "eval_loss", "eval_accuracy", "step"):
         assert ours[key] == summary[key], key
     _assert_same_weights(workdir, tmp_path)
@@ -82,7 +79,7 @@ def test_hooks_see_the_records_and_do_not_change_the_run(plain, tmp_path):
 
 
 def _val_losses(workdir):
-    return [r["val_loss"] for r in _records(workdir) if "val_loss" in r]
+    return [r["val_loss"] for r in read_metrics(workdir) if "val_loss" in r]
 
 
 def test_early_stopping_stops_where_the_metric_says_and_the_summary_says_why(tmp_path):
@@ -91,7 +88,7 @@ def test_early_stopping_stops_where_the_metric_says_and_the_summary_says_why(tmp
     summary = loop.train(CONFIG, tmp_path, hooks=[EarlyStopping("val_loss", patience=3, mode="max")])
     losses = _val_losses(tmp_path)
     assert all(b < a for a, b in zip(losses, losses[1:]))  # what the stop relies on
-    assert summary["step"] == 8 and _records(tmp_path)[-1]["step"] == 8
+    assert summary["step"] == 8 and read_metrics(tmp_path)[-1]["step"] == 8
     assert summary["stopped"]["step"] == 8
     assert "val_loss did not improve for 3 evaluations (best" in summary["stopped"]["reason"]
     assert json.loads((tmp_path / "summary.json").read_text())["stopped"] == summary["stopped"]

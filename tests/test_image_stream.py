@@ -10,7 +10,6 @@ import sys
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 from PIL import Image
 
@@ -19,10 +18,10 @@ from jaxmodels import config as C
 from jaxmodels.data import image_folder
 from jaxmodels.data.pipeline import TrainBatches
 from jaxmodels.errors import DataError, UserError
+from helpers import TIMING, read_metrics, saved_state
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CNN = ROOT / "experiments/configs/seed_cnn_mnist.py"
-TIMING = ("examples_per_sec", "tokens_per_sec", "mfu", "hfu")
 
 
 def write_folder(root: pathlib.Path, n: int = 40, size: int = 8) -> pathlib.Path:
@@ -148,13 +147,11 @@ def _cmd(folder, workdir):
 
 
 def _records(workdir):
-    lines = (pathlib.Path(workdir) / "metrics.jsonl").read_text().splitlines()
-    return [{k: v for k, v in json.loads(x).items() if k not in TIMING} for x in lines]
+    return read_metrics(workdir, drop=TIMING)
 
 
 def _state(workdir, step=9):
-    path = pathlib.Path(workdir) / "checkpoints" / str(step) / "state"
-    return jax.tree.map(np.asarray, ocp.StandardCheckpointer().restore(path.absolute()))
+    return saved_state(workdir, step)
 
 
 def test_resume_after_kill_9_across_an_epoch_boundary_with_augmentation(folder, tmp_path):

@@ -7,7 +7,6 @@ import threading
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
 import jaxmodels
@@ -15,10 +14,10 @@ from jaxmodels import config as C
 from jaxmodels.data.pipeline import TrainBatches
 from jaxmodels.data.prefetch import Prefetch
 from jaxmodels.errors import DataError, RunStopped
+from helpers import TIMING, read_metrics, saved_state
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 MLP = ROOT / "experiments/configs/mlp_mnist.py"
-TIMING = ("examples_per_sec", "tokens_per_sec", "mfu", "hfu")
 
 
 class Counter:
@@ -83,14 +82,11 @@ def _config(*overrides):
 
 
 def _records(workdir):
-    import json
-    lines = (pathlib.Path(workdir) / "metrics.jsonl").read_text().splitlines()
-    return [{k: v for k, v in json.loads(x).items() if k not in TIMING} for x in lines]
+    return read_metrics(workdir, drop=TIMING)
 
 
 def _state(workdir, step=12):
-    path = pathlib.Path(workdir) / "checkpoints" / str(step) / "state"
-    return jax.tree.map(np.asarray, ocp.StandardCheckpointer().restore(path.absolute()))
+    return saved_state(workdir, step)
 
 
 def _assert_same(a, b):

@@ -6,7 +6,6 @@ One tiny MLP on digits, in process: 6 steps, a log every step.
 """
 
 import dataclasses
-import json
 
 import numpy as np
 import pytest
@@ -15,6 +14,7 @@ from jaxmodels.config import CheckpointConfig, Config, DataConfig, OptimizerConf
 from jaxmodels.errors import ConfigError, UserError
 from jaxmodels.models import MLPConfig
 from jaxmodels.training import checkpoint, loop
+from helpers import read_metrics
 
 CONFIG = Config(
     name="profile_digits",
@@ -53,8 +53,7 @@ def _weights(workdir):
 
 
 def _records(workdir):
-    return [{k: v for k, v in json.loads(x).items() if k not in ("examples_per_sec", "mfu", "hfu")}
-            for x in (workdir / "metrics.jsonl").read_text().splitlines()]
+    return read_metrics(workdir, drop=("examples_per_sec", "mfu", "hfu"))
 
 
 def test_trace_of_the_steps_and_an_unchanged_run(tmp_path):

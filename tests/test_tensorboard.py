@@ -7,7 +7,6 @@ One tiny MLP on digits, in process: 8 steps, a log every step, validation and a 
 """
 
 import dataclasses
-import json
 
 import numpy as np
 import pytest
@@ -18,6 +17,7 @@ from jaxmodels.errors import UserError
 from jaxmodels.models import MLPConfig
 from jaxmodels.training import loop, tensorboard
 from jaxmodels.training.hooks import Hook
+from helpers import read_metrics
 
 CONFIG = Config(
     name="tb_digits",
@@ -27,10 +27,6 @@ CONFIG = Config(
     train=TrainConfig(steps=8, log_every=1, eval_every=2, progress=False),
     checkpoint=CheckpointConfig(every_steps=2, keep=3, async_save=False),
 )
-
-
-def _records(workdir):
-    return [json.loads(x) for x in (workdir / "metrics.jsonl").read_text().splitlines()]
 
 
 def _events(workdir):
@@ -70,7 +66,7 @@ def plain(tmp_path_factory):
 
 def test_scalars_equal_metrics_jsonl(plain):
     workdir, _ = plain
-    records = _records(workdir)
+    records = read_metrics(workdir)
     assert [r["step"] for r in records] == list(range(1, 9))
     acc = _events(workdir)
     _assert_same(acc, records)
@@ -112,11 +108,11 @@ def test_resumed_run_has_each_step_once(plain, tmp_path):
     with pytest.raises(UserError, match="planned failure"):
         loop.train(CONFIG, tmp_path, hooks=[_FailAt(5)])
     loop.train(CONFIG, tmp_path)
-    records = _records(tmp_path)
+    records = read_metrics(tmp_path)
     assert [r["step"] for r in records] == list(range(1, 9))
     _assert_same(_events(tmp_path), records)
     # And the values are the uninterrupted run's (the timings aside).
-    plain_records = _records(plain[0])
+    plain_records = read_metrics(plain[0])
     for a, b in zip(records, plain_records):
         assert a["loss"] == b["loss"] and a.get("val_loss") == b.get("val_loss")
 

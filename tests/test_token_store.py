@@ -21,6 +21,7 @@ from jaxmodels import config as C
 from jaxmodels.data import prepare, token_store
 from jaxmodels.data.lm import LMBatches
 from jaxmodels.errors import DataError
+from helpers import read_metrics
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 GPT = ROOT / "experiments/configs/gpt_shakespeare.py"
@@ -148,10 +149,6 @@ def test_rows_are_disjoint_and_make_up_the_batch(text_file, tmp_path):
             np.testing.assert_array_equal(np.concatenate([p[key] for p in pieces]), batch[key])
 
 
-def _metrics(workdir):
-    return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
-
-
 def test_training_from_a_store_equals_training_on_the_text(text_file, tmp_path):
     _prepare([text_file], tmp_path / "s")
     base = C.load(GPT, tiny=True)
@@ -160,7 +157,7 @@ def test_training_from_a_store_equals_training_on_the_text(text_file, tmp_path):
     new = jaxmodels.train(C.apply_overrides(base, [*TINY, "data.dataset=tokens",
                                                    f"data.data_dir={tmp_path / 's'}",
                                                    "data.final_eval_windows=3"]), tmp_path / "new")
-    assert [m["loss"] for m in _metrics(tmp_path / "new")] == [m["loss"] for m in _metrics(tmp_path / "old")]
+    assert [m["loss"] for m in read_metrics(tmp_path / "new")] == [m["loss"] for m in read_metrics(tmp_path / "old")]
     # The workdir's tokenizer is the store's, so `sample` decodes with it.
     saved = json.loads((tmp_path / "new" / "tokenizer.json").read_text())
     assert saved == json.loads((tmp_path / "s" / "tokenizer.json").read_text())
@@ -191,7 +188,7 @@ def test_resume_across_an_epoch_boundary_is_exact(tmp_path):
     resumed = jaxmodels.train(C.apply_overrides(base, ["train.steps=20",
                                                        "checkpoint.every_steps=10"]), tmp_path / "b")
     assert resumed["resumed_from"] == [10] and straight["epochs"] > 1
-    assert [m["loss"] for m in _metrics(tmp_path / "b")] == [m["loss"] for m in _metrics(tmp_path / "a")]
+    assert [m["loss"] for m in read_metrics(tmp_path / "b")] == [m["loss"] for m in read_metrics(tmp_path / "a")]
     assert resumed["eval_loss"] == straight["eval_loss"]
 
 
@@ -236,8 +233,8 @@ def test_two_processes_read_their_own_rows_and_match_one(text_file, tmp_path):
     batch0 = next(LMBatches(ids, batch_size=8, seq_len=16, seed=0))["inputs"]
     assert [len(o["first"][0]) for o in outs] == [4, 4]
     np.testing.assert_array_equal(np.concatenate([o["first"][0] for o in outs]), batch0)
-    two = [m["loss"] for m in _metrics(tmp_path / "two")]
-    np.testing.assert_allclose(two, [m["loss"] for m in _metrics(tmp_path / "one")], rtol=1e-5)
+    two = [m["loss"] for m in read_metrics(tmp_path / "two")]
+    np.testing.assert_allclose(two, [m["loss"] for m in read_metrics(tmp_path / "one")], rtol=1e-5)
     np.testing.assert_allclose(outs[0]["summary"]["eval_loss"], one["eval_loss"], rtol=1e-5)
 
 
@@ -326,7 +323,7 @@ def test_stop_then_resume_across_epochs_is_exact(how, tmp_path):
 
     def learned(workdir):  # the numbers of the run, without its timings
         return [{k: v for k, v in r.items() if not k.endswith(("_per_sec", "_s")) and k != "mfu"}
-                for r in _metrics(workdir)]
+                for r in read_metrics(workdir)]
 
     assert learned(tmp_path / "b") == learned(tmp_path / "a")
     assert len(learned(tmp_path / "a")) == 400
