@@ -1,11 +1,14 @@
 """The framework's step overhead: `jaxmodels.train` and `jaxmodels.fit` against a hand-written
 `jax.jit` step of the same model on the same batches, interleaved in one sitting.
 
-  python benchmarks/overhead.py [--steps 300] [--repeats 3] [--only cnn|gpt] [--json OUT]
+  python benchmarks/overhead.py [--steps 300] [--repeats 3] [--only cnn|gpt|host] [--json OUT]
 
-Workloads: the seed CNN on MNIST at batch 32, and the 4x128 GPT (ctx 64, batch 12) on
-Shakespeare. Each repeat runs hand-written, train, fit (fit only for the CNN: it takes arrays)
-back to back; the table gives the median examples/s over repeats and each framework path's
+Workloads: the seed CNN on MNIST at batch 32, the 4x128 GPT (ctx 64, batch 12) on Shakespeare,
+and "host": an MLP with 4 hidden units on MNIST at batch 32, whose step does next to no device
+work, so its microseconds per step are the host's cost of a step (loop, data, dispatch, the
+metrics' fetch) and the difference to the hand-written loop is the framework's. Each repeat runs
+hand-written, train, fit (fit for the image workloads: it takes arrays) back to back; the table
+gives the median examples/s and microseconds per step over repeats and each framework path's
 ratio to the hand-written step (1.00 = no overhead; the goal is >= 0.97). Throughput excludes
 each run's first (compiling) step, as summary.json's `examples_per_sec` does: the hand-written
 loop is timed the same way, from after its first step to a final block_until_ready.
@@ -46,6 +49,10 @@ ROOT = os.path.dirname(HERE)
 def _config(name: str, steps: int) -> config_lib.Config:
     if name == "cnn":
         cfg = config_lib.Config(name="overhead_cnn")
+    elif name == "host":
+        # A step with next to no device work: what is left is the host's cost per step.
+        cfg = dataclasses.replace(config_lib.Config(name="overhead_host"),
+                                  model=models.MLPConfig(hidden=(4,)))
     else:
         cfg = config_lib.load(os.path.join(ROOT, "experiments/configs/gpt_shakespeare.py"))
     return config_lib.apply_overrides(cfg, [
@@ -112,32 +119,35 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--only", choices=("cnn", "gpt"), default=None)
+    parser.add_argument("--only", choices=("cnn", "gpt", "host"), default=None)
     parser.add_argument("--json", default=None, help="also write the results here")
     args = parser.parse_args(argv)
-    workloads = [args.only] if args.only else ["cnn", "gpt"]
+    workloads = [args.only] if args.only else ["cnn", "gpt", "host"]
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name in workloads:
             cfg = _config(name, args.steps)
             runs = {"hand-written jit": [], "jaxmodels.train": []}
-            if name == "cnn":
+            if name != "gpt":  # fit takes arrays: the image workloads
                 runs["jaxmodels.fit"] = []
             for r in range(args.repeats):  # interleaved: A B C, A B C, ...
                 runs["hand-written jit"].append(hand_written(cfg, args.steps))
                 runs["jaxmodels.train"].append(via_train(cfg, f"{tmp}/{name}_train"))
-                if name == "cnn":
+                if name != "gpt":
                     runs["jaxmodels.fit"].append(via_fit(cfg, f"{tmp}/{name}_fit"))
                 print(f"{name} repeat {r + 1}: " + ", ".join(f"{k} {v[-1]:,.0f}" for k, v in runs.items()),
                       file=sys.stderr)
             med = {k: statistics.median(v) for k, v in runs.items()}
             base = med["hand-written jit"]
+            batch = cfg.data.batch_size
             results[name] = {k: {"examples_per_sec": med[k], "runs": runs[k],
+                                 "us_per_step": 1e6 * batch / med[k],
                                  "ratio_to_hand_written": med[k] / base} for k in runs}
-    print(f"{'workload':<10} {'path':<18} {'examples/s (median)':>20} {'vs hand-written':>16}")
+    print(f"{'workload':<10} {'path':<18} {'examples/s (median)':>20} {'us/step':>9} {'vs hand-written':>16}")
     for name, paths in results.items():
         for path, r in paths.items():
-            print(f"{name:<10} {path:<18} {r['examples_per_sec']:>20,.0f} {r['ratio_to_hand_written']:>16.3f}")
+            print(f"{name:<10} {path:<18} {r['examples_per_sec']:>20,.0f} {r['us_per_step']:>9,.0f} "
+                  f"{r['ratio_to_hand_written']:>16.3f}")
     text = json.dumps({"steps": args.steps, "repeats": args.repeats, "device": str(jax.devices()[0]),
                        "results": results}, indent=2)
     print(text)

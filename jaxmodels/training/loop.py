@@ -76,6 +76,7 @@ from jaxmodels.training import checkpoint, mup, optim, plots, tasks
 from jaxmodels.training import plan as plan_lib
 from jaxmodels.training import hooks as hooks_lib
 from jaxmodels.training import objectives as objectives_lib
+from jaxmodels.training import packed_metrics
 from jaxmodels.training import step as step_lib
 from jaxmodels.training import profile as profile_lib
 from jaxmodels.training import summary as summary_lib
@@ -115,7 +116,7 @@ class Setup:
     state_sharding: Any
     batch_sharding: Any
     init_fn: Any  # jitted: () -> TrainState, born with its sharding
-    train_step: Any  # jitted, state donated
+    train_step: Any  # jitted, state donated; metrics packed (packed_metrics.py)
     eval_step: Any  # jitted
     parallel: sharding_lib.Report  # mesh, per-device bytes, what could not be split
     # The config's runtime optimizer values (optim.make; empty for a user's optimizer): a resumed
@@ -213,7 +214,7 @@ class Compiled:
     state_sharding: Any  # TrainState-shaped tree of NamedShardings
     batch_sharding: Any
     init_fn: Any  # jitted: () -> TrainState, born sharded
-    train_step: Any  # jitted, state donated
+    train_step: Any  # jitted, state donated; metrics packed (packed_metrics.py)
     eval_step: Any  # jitted
     report: sharding_lib.Report
 
@@ -263,9 +264,10 @@ def compile_steps(model, tx, schedule, example, parallel: config_lib.ParallelCon
     init_fn = functools.partial(jax.jit(init_of, out_shardings=state_sharding), *init_args)
     train_step = jax.jit(
         _under_activation_rules(
-            step_lib.make_train_step(model, tx, objective, schedule=schedule, microbatches=microbatches,
-                                     nonfinite=nonfinite, spike_sigma=spike_sigma,
-                                     spike_window=spike_window), mesh,
+            # Metrics stacked into one array: one fetch per step instead of one per metric.
+            packed_metrics.packing(step_lib.make_train_step(
+                model, tx, objective, schedule=schedule, microbatches=microbatches,
+                nonfinite=nonfinite, spike_sigma=spike_sigma, spike_window=spike_window)), mesh,
             parallel.preset),
         in_shardings=(state_sharding, batch_sharding),
         out_shardings=(state_sharding, replicated),

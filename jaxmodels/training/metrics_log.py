@@ -12,10 +12,10 @@ import io
 import json
 import pathlib
 
-import jax
 import numpy as np
 
 from jaxmodels import files
+from jaxmodels.training import packed_metrics
 
 
 def interval_record(fetched: list, guarded: bool) -> dict:
@@ -78,7 +78,7 @@ class MetricsLog:
 
     def fetch(self) -> list:
         """The pending (step, metrics) on the host (one transfer; the sync point of a log)."""
-        self.ls.pending = jax.device_get(self.ls.pending)
+        self.ls.pending = packed_metrics.to_host(self.ls.pending)
         return self.ls.pending
 
     def nonfinite(self) -> tuple[int, str, float] | None:
