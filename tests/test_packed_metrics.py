@@ -57,3 +57,18 @@ def test_the_log_means_mixed_packed_and_already_fetched_steps(tmp_path):
     record = log.interval(3, 0.0)
     assert record["loss"] == 3.0 and ls.pending == []
     log.close()
+
+
+def test_vmapped_packing_gives_each_model_its_own_metrics():
+    # The packed sweep's step (orchestration/packed.py) is the packed step vmapped over K
+    # models: one [K, n] array whose row k is model k's metrics.
+    plain, state, batch = _step_and_state()
+    states = jax.tree.map(lambda a: jnp.stack([a, a]), state)
+    batches = {k: np.stack([v, v[::-1]]) for k, v in batch.items()}
+    _, got = jax.jit(jax.vmap(packed_metrics.packing(plain)))(states, batches)
+    assert isinstance(got, packed_metrics.PackedMetrics) and got.values.shape == (2, len(got))
+    host = jax.device_get(got)
+    for k in range(2):
+        _, want = jax.jit(plain)(state, {n: v[k] for n, v in batches.items()})
+        for name in want:
+            np.testing.assert_allclose(host[name][k], want[name], rtol=1e-6, err_msg=name)

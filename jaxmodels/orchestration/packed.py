@@ -62,7 +62,7 @@ from jaxmodels.config import Config, OptimizerConfig
 from jaxmodels.errors import UserError
 from jaxmodels.models.interface import as_model
 from jaxmodels.parallel import distributed
-from jaxmodels.training import loop, mup, optim, tasks
+from jaxmodels.training import loop, mup, optim, packed_metrics, tasks
 from jaxmodels.training import step as step_lib
 from jaxmodels.training import workdir as workdir_lib
 from jaxmodels.training.evaluator import Evaluator
@@ -245,7 +245,8 @@ def setup(config: Config, variants: Sequence[Variant]) -> PackedSetup:
     init_fn = functools.partial(
         jax.jit(lambda *per_model: jax.lax.map(lambda args: init_one(*args), per_model)),
         seeds, lrs, scales)
-    train_step = jax.jit(jax.vmap(train_one), donate_argnums=0)
+    # Metrics packed as the loop's are (training/packed_metrics.py): one [K, n] array per step.
+    train_step = jax.jit(jax.vmap(packed_metrics.packing(train_one)), donate_argnums=0)
     eval_step = jax.jit(jax.vmap(step_lib.make_eval_step(model, objective), in_axes=(0, None)))
     return PackedSetup(config, variants, task, model, total, steps_per_epoch, init_fn, train_step,
                        eval_step)
