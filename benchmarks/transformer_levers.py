@@ -28,7 +28,11 @@ import os
 import statistics
 import time
 
-os.environ.setdefault("XLA_FLAGS", "")  # one CPU device, as a plain script would see
+from jaxmodels import runtime  # noqa: E402  (imports JAX but does not start its backend)
+
+# The XLA CPU flags `fit` and the CLI set when XLA_FLAGS is unset, so these rows measure what a
+# run gets; set XLA_FLAGS yourself (even to "") to measure without them.
+runtime.configure_xla_flags()
 
 import flax.linen as nn  # noqa: E402
 import jax  # noqa: E402
@@ -51,6 +55,11 @@ VARIANTS = {
     "einsum_fused": {"attention": "einsum", "fused_projections": True},
     "blocked_fused": {"attention": "blocked", "attention_block": 128, "fused_projections": True},
     "bf16": {"dtype": "bfloat16"},
+    "einsum_vjp": {"attention": "einsum_vjp"},
+    "blocked_vjp": {"attention": "blocked_vjp", "attention_block": 128},
+    "blocked64_vjp": {"attention": "blocked_vjp", "attention_block": 64},
+    "blocked_vjp_fused": {"attention": "blocked_vjp", "attention_block": 128, "fused_projections": True},
+    "blocked_vjp_bf16": {"attention": "blocked_vjp", "attention_block": 128, "dtype": "bfloat16"},
 }
 
 

@@ -12,9 +12,9 @@ from jaxmodels.errors import ConfigError
 from jaxmodels.models import TransformerLMConfig
 
 
-def _logits(impl):
+def _logits(impl, attention="jax"):
     cfg = TransformerLMConfig(num_layers=1, num_heads=2, d_model=16, max_len=8, vocab_size=11,
-                              attention_impl=impl)
+                              attention=attention, attention_impl=impl)
     model = models.build(cfg)
     tokens = jnp.arange(16, dtype=jnp.int32).reshape(2, 8) % 11
     variables = model.init(jax.random.key(0), tokens)
@@ -23,6 +23,18 @@ def _logits(impl):
 
 def test_xla_is_what_jax_picks_by_default():
     assert jnp.array_equal(_logits("xla"), _logits(None))
+
+
+def test_auto_takes_the_einsum_form_on_cpu_unless_a_kernel_is_named():
+    """attention="auto" (the default): the hand-written blocked form on CPU, so its logits are
+    close to but not bit-equal with XLA's; naming an implementation makes it XLA's exactly."""
+    assert jnp.array_equal(_logits("xla", "auto"), _logits("xla"))
+    auto, ops = _logits(None, "auto"), _logits(None, "blocked_vjp")
+    if jax.default_backend() == "cpu":
+        assert jnp.array_equal(auto, ops)
+    else:
+        assert jnp.array_equal(auto, _logits(None))
+    assert jnp.allclose(auto, _logits(None), atol=1e-5)
 
 
 @pytest.mark.skipif(jax.default_backend() == "gpu", reason="cuDNN runs on a GPU")

@@ -29,6 +29,9 @@ CASES = {  # (query heads, key/value heads, causal, padding mask)
     "causal_mha": (4, 4, True, None),
     "causal_padded_gqa": (4, 2, True, PAD_MASK),
     "padded_mqa": (4, 1, False, PAD_MASK),
+    # The first sequence has no real key at all: every row of it is fully masked, which
+    # averages the values (no NaN) and must send no gradient to its queries and keys.
+    "empty_rows": (4, 4, False, jnp.asarray(np.arange(T)[None, :] < np.array([0, 6])[:, None])[:, None, None, :]),
 }
 
 
@@ -36,9 +39,10 @@ def _value_and_grads(fn, q, k, v, cotangent):
     return jax.jit(jax.value_and_grad(lambda q, k, v: jnp.sum(fn(q, k, v) * cotangent), argnums=(0, 1, 2)))(q, k, v)
 
 
-# Blocked attention is causal only (the model runs einsum otherwise).
-IMPL_CASES = [(impl, case) for impl in ("einsum", "blocked") for case in CASES
-              if impl == "einsum" or CASES[case][2]]
+# Blocked attention is causal only (the model runs einsum otherwise). "_vjp": the same forward
+# with the hand-written backward pass (attention_ops._attention_bwd).
+IMPL_CASES = [(impl, case) for impl in ("einsum", "blocked", "einsum_vjp", "blocked_vjp") for case in CASES
+              if impl.startswith("einsum") or CASES[case][2]]
 
 
 @pytest.mark.parametrize("impl,case", IMPL_CASES)
@@ -49,10 +53,13 @@ def test_attention_equals_dot_product_attention(impl, case):
     scale = 0.3  # not 1/sqrt(Dh): the scale argument must be honoured (muP passes its own)
     ref = _value_and_grads(lambda q, k, v: jax.nn.dot_product_attention(
         q, k, v, mask=mask, is_causal=causal, scale=scale), q, k, v, cotangent)
-    if impl == "einsum":
-        fn = lambda q, k, v: attention_ops.einsum_attention(q, k, v, mask=mask, causal=causal, scale=scale)
+    vjp = impl.endswith("_vjp")
+    if impl.startswith("einsum"):
+        fn = lambda q, k, v: attention_ops.einsum_attention(q, k, v, mask=mask, causal=causal, scale=scale,
+                                                            manual_vjp=vjp)
     else:  # a block of 4 over T=10: two full blocks and a ragged last one
-        fn = lambda q, k, v: attention_ops.blocked_causal_attention(q, k, v, mask=mask, scale=scale, block=4)
+        fn = lambda q, k, v: attention_ops.blocked_causal_attention(q, k, v, mask=mask, scale=scale, block=4,
+                                                                    manual_vjp=vjp)
     got = _value_and_grads(fn, q, k, v, cotangent)
     np.testing.assert_allclose(got[0], ref[0], rtol=1e-5, atol=1e-5)
     for a, b in zip(got[1], ref[1]):
@@ -94,7 +101,7 @@ def lm_reference():
     return params, _lm_loss_and_grads(LM, params)
 
 
-@pytest.mark.parametrize("attention,fused", [("einsum", True), ("blocked", False)])
+@pytest.mark.parametrize("attention,fused", [("einsum", True), ("blocked", False), ("blocked_vjp", True)])
 def test_lm_levers_keep_logits_and_gradients(lm_reference, attention, fused):
     params, ((ref_loss, ref_logits), ref_grads) = lm_reference
     cfg = dataclasses.replace(LM, attention=attention, attention_block=4, fused_projections=fused)

@@ -11,7 +11,8 @@ G == H is multi-head attention, G == 1 multi-query. Logical axis names: "embed" 
 The softmax(QK^T/sqrt(Dh))V (under muP, QK^T times `config.attention_scale`) itself is, by
 `config.attention`, `jax.nn.dot_product_attention` ("jax": accelerators get their fused kernels;
 `implementation=None` picks XLA today, cuDNN where it applies), or the einsum and blocked causal
-forms of attention_ops.py, which are faster on CPU. All take K/V with fewer heads than Q and group
+forms of attention_ops.py, which are faster on CPU; "auto" (the default) takes the blocked form
+with its hand-written backward on CPU and "jax" on any other backend. All take K/V with fewer heads than Q and group
 the query heads themselves, so grouped-query attention never materialises repeated K/V; all
 compute the logits and the softmax in float32 whatever the input dtype. None has dropout on
 attention probabilities, so the blocks drop residual branches only.
@@ -116,18 +117,24 @@ class Attention(nn.Module):
             raise ValueError(f"model.attention_impl=cudnn needs an NVIDIA GPU, but JAX runs on "
                              f"{jax.default_backend()}: set model.attention_impl=none")
         q_BxTxHxDh = layers.constrain(q_BxTxHxDh, ("act_batch", None, "act_heads", None))
-        if cfg.attention == "jax":
+        attention = cfg.attention
+        if attention == "auto":
+            # The einsum forms with the hand-written backward were the fastest on CPU for every
+            # shape measured (benchmarks/transformer_levers.py); elsewhere, or when a kernel was
+            # asked for by name, jax.nn.dot_product_attention can reach fused kernels.
+            attention = "blocked_vjp" if jax.default_backend() == "cpu" and impl is None else "jax"
+        if attention == "jax":
             out_BxTxHxDh = jax.nn.dot_product_attention(
                 q_BxTxHxDh, k_BxSxGxDh, v_BxSxGxDh, mask=mask, is_causal=causal,
                 scale=cfg.attention_scale, implementation=impl)
-        elif cfg.attention == "blocked" and causal and kv is None:
+        elif attention.startswith("blocked") and causal and kv is None:
             out_BxTxHxDh = attention_ops.blocked_causal_attention(
                 q_BxTxHxDh, k_BxSxGxDh, v_BxSxGxDh, mask=mask, scale=cfg.attention_scale,
-                block=cfg.attention_block)
+                block=cfg.attention_block, manual_vjp=attention.endswith("_vjp"))
         else:
             out_BxTxHxDh = attention_ops.einsum_attention(
                 q_BxTxHxDh, k_BxSxGxDh, v_BxSxGxDh, mask=mask, causal=causal,
-                scale=cfg.attention_scale)
+                scale=cfg.attention_scale, manual_vjp=attention.endswith("_vjp"))
         out_BxTxHxDh = layers.constrain(out_BxTxHxDh, ("act_batch", None, "act_heads", None))
 
         init = nn.initializers.lecun_normal(in_axis=(0, 1), out_axis=2)

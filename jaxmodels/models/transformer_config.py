@@ -47,14 +47,16 @@ class TransformerCore(precision.Precision):
     scan_layers: bool = False
     # Recompute each block's activations in the backward pass: memory for FLOPs.
     remat: bool = False
-    # How softmax(QK^T)V is computed (models/attention_ops.py); all three are the same function.
+    # How softmax(QK^T)V is computed (models/attention_ops.py); all are the same function.
     # "jax": jax.nn.dot_product_attention (fused kernels where the backend has them); "einsum":
-    # two plain einsums; "blocked": causal attention by blocks of `attention_block` queries that
-    # skips the blocks above the diagonal (the LM's training pass; anything else, such as
-    # decoding or bidirectional attention, runs "einsum"). The default stays "jax": on the shared
-    # 2-core CPU, blocked measured 1.05-1.12x on a 6x384 GPT step at T=256 and einsum and fused
-    # were within noise (benchmarks/transformer_levers.py), not yet a clear enough win to change it.
-    attention: Literal["jax", "einsum", "blocked"] = "jax"
+    # two head-major einsums; "blocked": causal attention by blocks of `attention_block` queries
+    # that skips the blocks above the diagonal (the LM's training pass; anything else, such as
+    # decoding or bidirectional attention, runs "einsum"). "_vjp": the same forward with a
+    # hand-written backward. "auto" is "blocked_vjp" on CPU, where it measured 1.2-1.3x the
+    # "jax" form on a 6x384 GPT training step at T=256 and 1.1-1.2x on a 4x128 one at T=64
+    # (benchmarks/transformer_levers.py), and "jax" on accelerators or when `attention_impl`
+    # names a kernel.
+    attention: Literal["auto", "jax", "einsum", "blocked", "einsum_vjp", "blocked_vjp"] = "auto"
     attention_block: int = 128
     # One [D, G, H/G + 2, Dh] matrix for the query, key and value projections (and one
     # [D, 2, F] for SwiGLU's gate and up projections) instead of separate ones: one matmul in
@@ -64,9 +66,9 @@ class TransformerCore(precision.Precision):
     fused_projections: bool = False
     # With attention="jax": jax.nn.dot_product_attention's `implementation` for full-sequence
     # attention (training, evaluation, prefill without a cache): None lets JAX choose (XLA
-    # today); "cudnn" is cuDNN's
-    # fused flash attention (NVIDIA GPUs, bfloat16/float16 compute); "xla" forces XLA. Decoding
-    # through the KV cache always uses XLA (its mask over the buffer is a boolean array).
+    # today); "cudnn" is cuDNN's fused flash attention (NVIDIA GPUs, bfloat16/float16 compute);
+    # "xla" forces XLA. Setting it makes "auto" take "jax" on CPU too. Decoding through the KV
+    # cache never passes one (its mask over the buffer is a boolean array).
     attention_impl: Literal["xla", "cudnn"] | None = None
     # "mup": maximal update parametrization for Adam-family optimizers (Yang et al., 2022): the
     # readout sees its input times base_width/d_model (and starts at zero unless tied to the
