@@ -8,7 +8,7 @@ key/value heads (G divides H); R query heads per key/value head (H/G); Dh head d
 
 Why they exist: on CPU, attention alone (forward+backward, B=16, T=256, 6 heads of 64, causal)
 took 46 ms as these head-major einsums, 40 ms blocked (the causal product does about twice the
-work it needs once T spans several blocks) and 38-45 ms blocked with the hand-written backward,
+work it needs once T spans several blocks) and 35-38 ms blocked with the hand-written backward,
 against 87 ms through `jax.nn.dot_product_attention`'s generic XLA path (2-core Intel Xeon,
 2026-12-04). In a whole GPT training step the gain shrinks to what attention's share allows:
 1.14-1.31x (benchmarks/transformer_levers.py). On accelerators `jax.nn.dot_product_attention`
