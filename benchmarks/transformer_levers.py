@@ -22,9 +22,7 @@ benchmarks/run.py's.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
-import os
 import statistics
 import time
 

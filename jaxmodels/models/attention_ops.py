@@ -47,8 +47,9 @@ def _grouped_mask(mask, g: int):
     return mask.reshape(b, g, h // g, t, s)
 
 
-def _head_major(q_BxTxHxDh, k_BxSxGxDh, v_BxSxGxDh, scale):
-    """Q as [B, G, R*T, Dh] (the query already times `scale`), K and V as [B, G, S, Dh].
+def _head_major(q_BxTxHxDh, k_BxSxGxDh, v_BxSxGxDh, scale: float | None):
+    """Q as [B, G, R*T, Dh] (the query already times `scale`, default 1/sqrt(Dh)), K and V as
+    [B, G, S, Dh].
 
     Why head-major: XLA's CPU batched dot wants its batch axes leading. With the heads in the
     middle ([B, T, H, Dh]) it copies per head inside the dot; on the 6x384 GPT's attention that
@@ -60,6 +61,7 @@ def _head_major(q_BxTxHxDh, k_BxSxGxDh, v_BxSxGxDh, scale):
     smaller than the logits."""
     b, t, h, dh = q_BxTxHxDh.shape
     g = k_BxSxGxDh.shape[2]
+    scale = dh ** -0.5 if scale is None else scale
     # Query head n uses key/value head n // (H/G), as jax.nn.dot_product_attention groups them.
     q_BxTxGxRxDh = (q_BxTxHxDh * jnp.asarray(scale, q_BxTxHxDh.dtype)).reshape(b, t, g, h // g, dh)
     q_BxGxRTxDh = q_BxTxGxRxDh.transpose(0, 2, 3, 1, 4).reshape(b, g, (h // g) * t, dh)
@@ -101,14 +103,13 @@ def _core(q_BxGxRTxDh, k_BxGxSxDh, v_BxGxSxDh, keep, *, padded: bool, manual_vjp
 def einsum_attention(q_BxTxHxDh: jax.Array, k_BxSxGxDh: jax.Array, v_BxSxGxDh: jax.Array, *,
                      mask: jax.Array | None = None, causal: bool = False, scale: float | None = None,
                      query_offset: int = 0, manual_vjp: bool = False) -> jax.Array:
-    """Attention as two einsums over [B, G, H/G, T, S] logits; returns out_BxTxHxDh.
+    """Attention as two head-major einsums over [B, G, R*T, S] logits; returns out_BxTxHxDh.
 
     `mask` (bool, broadcastable to [B, H, T, S], True = may attend) and `causal` (query t sees
     keys s <= t + query_offset) combine; `scale` defaults to 1/sqrt(Dh). K/V may have fewer heads
     than Q (grouped-query attention): H must be a multiple of G."""
-    t, dh = q_BxTxHxDh.shape[1], q_BxTxHxDh.shape[3]
+    t = q_BxTxHxDh.shape[1]
     s, g = k_BxSxGxDh.shape[1], k_BxSxGxDh.shape[2]
-    scale = dh ** -0.5 if scale is None else scale
     keep = _keep(mask, causal, t, s, g, q_BxTxHxDh.shape[2] // g, query_offset)
     out_BxGxRTxDh = _core(*_head_major(q_BxTxHxDh, k_BxSxGxDh, v_BxSxGxDh, scale), keep,
                           padded=mask is not None, manual_vjp=manual_vjp)
@@ -128,7 +129,6 @@ def blocked_causal_attention(q_BxTxHxDh: jax.Array, k_BxSxGxDh: jax.Array, v_BxS
     s, g = k_BxSxGxDh.shape[1], k_BxSxGxDh.shape[2]
     if t != s:
         raise ValueError(f"blocked causal attention needs as many queries as keys, got T={t}, S={s}")
-    scale = dh ** -0.5 if scale is None else scale
     if mask is not None:
         mask = mask.reshape((1,) * (4 - mask.ndim) + mask.shape)
     # One transpose for all blocks; a block takes its queries from each of the R heads' rows.
@@ -162,9 +162,9 @@ def _attention_fwd(q_BxGxRTxDh, k_BxGxSxDh, v_BxGxSxDh, keep, padded, additive=T
     if keep is not None:
         # Adding the big negative to a masked logit gives exactly the big negative in float32
         # (a logit is far below its half ulp), so both forms give the same numbers; the add
-        # fused better than the select on CPU (2.3 vs 3.2 ms on [16, 6, 256, 256]), but its
-        # autodiff would pass gradients into rows with no key, so only the hand-written
-        # backward, which zeroes those, uses it.
+        # fused better than the select on CPU (2.3 vs 3.2 ms on [16, 6, 256, 256]). Its
+        # autodiff would pass gradient into a row with no key, so `_core` differentiates the
+        # select whenever a padding mask may leave such rows.
         if additive:
             logits_BxGxRTxS = logits_BxGxRTxS + jnp.where(keep, 0.0, _BIG_NEGATIVE)
         else:

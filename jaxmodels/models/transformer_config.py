@@ -52,10 +52,10 @@ class TransformerCore(precision.Precision):
     # two head-major einsums; "blocked": causal attention by blocks of `attention_block` queries
     # that skips the blocks above the diagonal (the LM's training pass; anything else, such as
     # decoding or bidirectional attention, runs "einsum"). "_vjp": the same forward with a
-    # hand-written backward. "auto" is "blocked_vjp" on CPU, where it measured 1.2-1.3x the
-    # "jax" form on a 6x384 GPT training step at T=256 and 1.1-1.2x on a 4x128 one at T=64
-    # (benchmarks/transformer_levers.py), and "jax" on accelerators or when `attention_impl`
-    # names a kernel.
+    # hand-written backward. "auto" is "blocked_vjp" on CPU, where it measured 1.31x (1.23-1.46
+    # over repeats) the "jax" form on a 6x384 GPT training step at T=256 and 1.14x on a 4x128
+    # one at T=64 (benchmarks/transformer_levers.py), and "jax" on accelerators or when
+    # `attention_impl` names a kernel.
     attention: Literal["auto", "jax", "einsum", "blocked", "einsum_vjp", "blocked_vjp"] = "auto"
     attention_block: int = 128
     # One [D, G, H/G + 2, Dh] matrix for the query, key and value projections (and one
