@@ -12,7 +12,7 @@ import flax.linen as nn
 import pytest
 from flax import traverse_util
 
-from jaxmodels import cli, data, models
+from jaxmodels import cli, data, models, runtime
 from jaxmodels.config import Config, ConfigError, DataConfig, OptimizerConfig
 from jaxmodels.models import MLPConfig, TransformerLMConfig, ViTConfig
 from jaxmodels.scaling import coordcheck
@@ -251,7 +251,11 @@ def test_transformer_coordinates_are_width_independent_under_mup():
 # Mistakes are one line, before anything compiles.
 
 
-def _cli_error(capsys, argv) -> str:
+def _cli_error(capsys, monkeypatch, argv) -> str:
+    # In this process conftest started JAX before cli.main, so the CLI would first say (once per
+    # process) that its XLA CPU flags cannot apply: a line a shell run never prints, and which
+    # made this test fail when it ran first in its worker.
+    monkeypatch.setenv(runtime.FLAGS_ENV, "0")
     assert cli.main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("jaxmodels: error: ") and "\n" not in err, err
@@ -268,7 +272,7 @@ def _cli_error(capsys, argv) -> str:
 ])
 def test_coordcheck_mistakes_are_one_line(capsys, monkeypatch, argv, expected):
     monkeypatch.setattr(tasks, "build", lambda *a: pytest.fail("loaded data despite the error"))
-    assert expected in _cli_error(capsys, ["coordcheck", *argv])
+    assert expected in _cli_error(capsys, monkeypatch, ["coordcheck", *argv])
 
 
 @pytest.mark.parametrize("model, expected", [
