@@ -87,3 +87,24 @@ def test_max_pool_equals_flax_reduce_window(shape):
     from jaxmodels.models import layers
     x = jax.random.normal(jax.random.key(0), shape)
     np.testing.assert_array_equal(layers.max_pool(x, 2), nn.max_pool(x, (2, 2), strides=(2, 2)))
+
+
+@pytest.mark.parametrize("spec,x_shape,w_shape,contract", [
+    ("btd,df->btf", (2, 5, 6), (6, 7), 1),
+    ("btd,dnk->btnk", (2, 5, 6), (6, 3, 4), 1),
+    ("btnk,nkd->btd", (2, 5, 3, 4), (3, 4, 6), 2),
+    ("bd,dk->bk", (3, 6), (6, 2), 1),
+])
+def test_rows_dot_equals_the_einsum_in_value_and_gradient(spec, x_shape, w_shape, contract):
+    from jaxmodels.models import layers
+    kx, kw = jax.random.split(jax.random.key(1))
+    x, w = jax.random.normal(kx, x_shape), jax.random.normal(kw, w_shape)
+    ours = lambda x, w: layers.rows_dot(x, w, contract=contract)  # noqa: E731
+    ref = lambda x, w: jnp.einsum(spec, x, w)  # noqa: E731
+    np.testing.assert_allclose(ours(x, w), ref(x, w), rtol=1e-5, atol=1e-5)
+    # Weight the output so every element's gradient differs.
+    cot = jax.random.normal(jax.random.key(2), ref(x, w).shape)
+    g_ours = jax.grad(lambda x, w: (ours(x, w) * cot).sum(), argnums=(0, 1))(x, w)
+    g_ref = jax.grad(lambda x, w: (ref(x, w) * cot).sum(), argnums=(0, 1))(x, w)
+    for a, b in zip(g_ours, g_ref):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)

@@ -75,7 +75,7 @@ class Attention(nn.Module):
             init = nn.initializers.lecun_normal(in_axis=0, out_axis=(1, 2))
             w_DxNxDh = self.param(name, nn.with_logical_partitioning(init, ("embed", heads_axis, "head_dim")),
                                   (d, heads, dh), param_dtype)
-            y_BxTxNxDh = jnp.einsum("btd,dnk->btnk", x_BxTxD.astype(dtype), w_DxNxDh.astype(dtype))
+            y_BxTxNxDh = layers.rows_dot(x_BxTxD.astype(dtype), w_DxNxDh.astype(dtype))
             if cfg.bias:  # GPT-2's projections have biases
                 b_NxDh = self.param(name + "_bias", nn.with_logical_partitioning(
                     nn.initializers.zeros, (heads_axis, "head_dim")), (heads, dh), param_dtype)
@@ -86,7 +86,7 @@ class Attention(nn.Module):
             init = nn.initializers.lecun_normal(in_axis=0, out_axis=(1, 2, 3))
             w_DxGxRxDh = self.param("qkv", nn.with_logical_partitioning(init, ("embed", "kv", None, "head_dim")),
                                     (d, k, h // k + 2, dh), param_dtype)
-            qkv_BxTxGxRxDh = jnp.einsum("btd,dgrk->btgrk", x_BxTxD.astype(dtype), w_DxGxRxDh.astype(dtype))
+            qkv_BxTxGxRxDh = layers.rows_dot(x_BxTxD.astype(dtype), w_DxGxRxDh.astype(dtype))
             if cfg.bias:
                 b_GxRxDh = self.param("qkv_bias", nn.with_logical_partitioning(
                     nn.initializers.zeros, ("kv", None, "head_dim")), (k, h // k + 2, dh), param_dtype)
@@ -140,7 +140,7 @@ class Attention(nn.Module):
         init = nn.initializers.lecun_normal(in_axis=(0, 1), out_axis=2)
         w_HxDhxD = self.param("out", nn.with_logical_partitioning(init, ("heads", "head_dim", "embed")),
                               (h, dh, d), param_dtype)
-        y_BxTxD = jnp.einsum("btnk,nkd->btd", out_BxTxHxDh, w_HxDhxD.astype(dtype))
+        y_BxTxD = layers.rows_dot(out_BxTxHxDh, w_HxDhxD.astype(dtype), contract=2)
         if cfg.bias:
             b_D = self.param("out_bias", nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
                              (d,), param_dtype)

@@ -65,19 +65,18 @@ class Mlp(nn.Module):
         x_BxTxD = x_BxTxD.astype(dtype)
         if cfg.mlp == "swiglu" and cfg.fused_projections:
             # One [D, 2, F] matmul for both input projections: gate first, then up.
-            gate_up_BxTx2xF = jnp.einsum("btd,dcf->btcf", x_BxTxD,
-                                         weight("gate_up", (d, 2, f), ("embed", None, "mlp")))
+            gate_up_BxTx2xF = layers.rows_dot(x_BxTxD, weight("gate_up", (d, 2, f), ("embed", None, "mlp")))
             h_BxTxF = nn.silu(gate_up_BxTx2xF[:, :, 0]) * gate_up_BxTx2xF[:, :, 1]
         elif cfg.mlp == "swiglu":
-            up_BxTxF = jnp.einsum("btd,df->btf", x_BxTxD, weight("up", (d, f), ("embed", "mlp")))
-            gate_BxTxF = jnp.einsum("btd,df->btf", x_BxTxD, weight("gate", (d, f), ("embed", "mlp")))
+            up_BxTxF = layers.rows_dot(x_BxTxD, weight("up", (d, f), ("embed", "mlp")))
+            gate_BxTxF = layers.rows_dot(x_BxTxD, weight("gate", (d, f), ("embed", "mlp")))
             h_BxTxF = nn.silu(gate_BxTxF) * up_BxTxF
         else:
             # flax's gelu is the tanh approximation (GPT-2's gelu_new).
-            h_BxTxF = nn.gelu(biased(jnp.einsum("btd,df->btf", x_BxTxD, weight("up", (d, f), ("embed", "mlp"))),
+            h_BxTxF = nn.gelu(biased(layers.rows_dot(x_BxTxD, weight("up", (d, f), ("embed", "mlp"))),
                                      "up", "mlp"))
         h_BxTxF = layers.constrain(h_BxTxF, ("act_batch", None, "act_mlp"))
-        return biased(jnp.einsum("btf,fd->btd", h_BxTxF, weight("down", (f, d), ("mlp", "embed"))), "down", "embed")
+        return biased(layers.rows_dot(h_BxTxF, weight("down", (f, d), ("mlp", "embed"))), "down", "embed")
 
 
 class Block(nn.Module):

@@ -10,7 +10,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxmodels.models import positional
+from jaxmodels.models import layers, positional
 from jaxmodels.models.transformer_blocks import (Stack, check_length, check_vocab, param, positions_row,
                                                  readout_init, token_embedding)
 from jaxmodels.models.transformer_config import TransformerClassifierConfig, ViTConfig
@@ -87,7 +87,7 @@ class ViT(nn.Module):
         w_QxD = param(self, "patch_kernel", nn.initializers.lecun_normal(), ("patch", "embed"),
                       (p * p * c, cfg.d_model))
         b_D = param(self, "patch_bias", nn.initializers.zeros, ("embed",), (cfg.d_model,))
-        x_BxTxD = (jnp.einsum("bpq,qd->bpd", patches_BxPxQ.astype(dtype), w_QxD.astype(dtype))
+        x_BxTxD = (layers.rows_dot(patches_BxPxQ.astype(dtype), w_QxD.astype(dtype))
                    + b_D.astype(dtype)[None, None, :])
         if cfg.pool == "cls":
             cls_D = param(self, "cls", nn.initializers.zeros, ("embed",), (cfg.d_model,))

@@ -10,7 +10,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxmodels.models import attention, kv_cache, positional
+from jaxmodels.models import attention, kv_cache, layers, positional
 from jaxmodels.models.transformer_blocks import (Stack, check_length, check_vocab, param, positions_row,
                                                  readout_init, token_embedding)
 from jaxmodels.models.transformer_config import TransformerLMConfig
@@ -83,6 +83,6 @@ class TransformerLM(nn.Module):
             # muP's readout multiplier. Tied, the embedding keeps its width-independent init and
             # plain learning rate as an input weight; as the readout it is seen through 1/m.
             x_BxTxD = x_BxTxD * self.config.readout_scale
-        logits_BxTxV = jnp.einsum("btd,dv->btv", x_BxTxD, w_DxV.astype(x_BxTxD.dtype),
-                                  preferred_element_type=jnp.float32)
+        logits_BxTxV = layers.rows_dot(x_BxTxD, w_DxV.astype(x_BxTxD.dtype),
+                                       preferred_element_type=jnp.float32)
         return logits_BxTxV, kv
