@@ -139,6 +139,11 @@ def child_env(tmp: str, xla_flags: str | None, single_thread: bool = False) -> d
         flags += SINGLE_THREAD_XLA
         env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     env["XLA_FLAGS"] = " ".join(flags)
+    # The host allocator's tunable a jaxmodels CLI run starts with (jaxmodels/runtime.py), for
+    # every implementation alike: it is a property of the process, like the thread count.
+    from jaxmodels import runtime
+
+    env.update(runtime.host_allocator_env())
     # Fresh caches per sitting: the first repeat compiles cold, later ones hit (run-to-run
     # start-up stays short without hiding a first compile from the table).
     env["JAX_COMPILATION_CACHE_DIR"] = os.path.join(tmp, "jax_cache")
@@ -285,6 +290,7 @@ def main(argv=None) -> int:
         env = child_env(tmp, args.xla_flags, args.single_thread)
         report["single_thread"] = args.single_thread
         report["xla_flags"] = env["XLA_FLAGS"]
+        report["glibc_tunables"] = env.get("GLIBC_TUNABLES", "")
         for name in names:
             w = workloads.get(name, mode_name)
             steps = w.steps[mode_name]
@@ -321,6 +327,7 @@ def main(argv=None) -> int:
     text = table(report)
     print(text)
     print(f"XLA_FLAGS of every JAX run: {report['xla_flags'] or '(none)'}")
+    print(f"GLIBC_TUNABLES of every run: {report.get('glibc_tunables') or '(none)'}")
     _write(out_path, report)
     print(f"wrote {out_path} ({report['wall_s']:.0f} s)", file=sys.stderr)
     return 0

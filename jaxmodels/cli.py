@@ -171,6 +171,19 @@ def _start_runtime(args) -> None:
     runtime.configure()
 
 
+def _restart_with_host_allocator() -> None:
+    """Starts this program again, same pid and arguments, with the host allocator's glibc tunable
+    (runtime.py: glibc reads it only at start-up). Once: the new process has it set. Only as a
+    program, before anything is imported or printed; never from `main(argv)` called in Python."""
+    from jaxmodels import runtime
+
+    env = runtime.host_allocator_env()
+    if env and getattr(sys, "orig_argv", None):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], {**os.environ, **env})
+
+
 def _exit_even_if_threads_hang(code: int) -> None:
     """Ends the process with `code` even when non-daemon threads outlive an error.
 
@@ -191,6 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv is not None:
         return _main(list(argv))
     # As a program (not called from Python): an error must end the process.
+    _restart_with_host_allocator()
     code = _main(sys.argv[1:])
     if code != 0:
         _exit_even_if_threads_hang(code)

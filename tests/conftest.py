@@ -31,6 +31,22 @@ jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
+@pytest.fixture(autouse=True)
+def _late_flags_notice_said():
+    """CLI and `fit` calls made in-process come after JAX started here, so the first of them in
+    each worker would print runtime's once-per-process "XLA CPU flags are not applied" notice
+    before its own output, and a one-line-error assertion would pass or fail by test order. Mark
+    the notice as said before every test (tests/test_xla_flags.py checks the notice itself)."""
+    import contextlib
+    import io
+
+    from jaxmodels import runtime
+
+    with contextlib.redirect_stderr(io.StringIO()):
+        runtime._say_once(runtime.late_flags_notice())
+    yield
+
+
 @pytest.fixture(scope="session")
 def mnist():
     from jaxmodels import data

@@ -34,6 +34,7 @@ import time
 import traceback
 
 from jaxmodels import config as config_lib
+from jaxmodels import runtime
 from jaxmodels.errors import RunStopped, UserError
 
 ERROR_PREFIX = "jaxmodels: error: "  # a worker's last line names its error after this
@@ -72,7 +73,9 @@ class Pool:
         self.procs: set[subprocess.Popen] = set()
         self.lock = threading.Lock()
         self.stopping: int | None = None  # the signal the sweep was stopped by
-        self.env = dict(os.environ)
+        # The host allocator's tunable (runtime.py) when this process was not started with it,
+        # e.g. a sweep run from Python.
+        self.env = {**os.environ, **runtime.host_allocator_env()}
         # The workers import the same jaxmodels source as this process.
         package_root = str(pathlib.Path(config_lib.__file__).resolve().parents[1])
         self.env["PYTHONPATH"] = os.pathsep.join(
@@ -200,8 +203,6 @@ def worker_main(argv: list[str]) -> int:
         # Before JAX starts: XLA's CPU thread pool is sized from the CPUs this process may use.
         os.sched_setaffinity(0, {int(c) for c in args.cpus.split(",")})
     try:
-        from jaxmodels import runtime
-
         runtime.configure()  # the parent's cache and flag switches arrive in the environment
         from jaxmodels.training import loop  # after the affinity: it starts JAX
 
