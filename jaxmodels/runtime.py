@@ -23,12 +23,16 @@ JAXMODELS_XLA_FLAGS=0.
 
 Host allocator: XLA's CPU runtime asks malloc for one block holding all of a step's temporaries
 (1.2 GB for the 6-layer GPT of benchmarks/transformer_levers.py) at every execution and frees it
-after. glibc maps a block that large afresh each time, in 4 KiB pages, so every step faulted in and
-zeroed it again: 306,000 page faults and 0.42 CPU-s of kernel time per 1.3 s step. With glibc's
-tunable glibc.malloc.hugetlb=1 it asks for transparent huge pages (2 MiB) on those maps: 9,000
-faults, 0.18 CPU-s, 1338 -> 1169 ms per step (benchmarks/host_allocator.py). glibc reads it only
-when a process starts, so `host_allocator_env` names it for processes about to start, and the CLI
-re-executes itself once with it (`cli.main`, as a program only). `fit` called from Python cannot
+after. glibc maps a block that large afresh each time, in 4 KiB pages, so every step faulted in
+and zeroed it again: 307,000 page faults and 0.44 CPU-s of kernel time per 1.34 s step. With
+glibc's tunable glibc.malloc.hugetlb=1, malloc asks for transparent huge pages on those maps, so
+the kernel faults the block in 2 MiB at a time (it still zeroes it): 1,100 faults, 0.22 CPU-s,
+1337 -> 1200 ms per step, and the 4-layer GPT 34.2 -> 31.3 ms (`python
+benchmarks/host_allocator.py`, 2-core Intel Xeon, 2026-12-04; no effect where the system's
+transparent huge pages are "never"). glibc reads the tunable only when a process starts, so
+`host_allocator_env` names it for processes about to start, and the CLI re-executes itself once
+with it for the commands that run steps (train, eval, sweep, coordcheck; `cli.main` as a program
+only, before JAX starts; the second start-up costs about 1.1 s). `fit` called from Python cannot
 change its own process: start Python with GLIBC_TUNABLES=glibc.malloc.hugetlb=1 for the same
 gain. CPU runs on glibc Linux only; a GLIBC_TUNABLES the user set is left as it is, and
 JAXMODELS_HOST_ALLOCATOR=0 switches it off. (Keeping the block in malloc's heap instead, with

@@ -45,9 +45,9 @@ def _clean_env(**extra) -> dict:
     return {**env, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu", **extra}
 
 
-def _run(code: str, **extra) -> dict:
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
-                          env=_clean_env(**extra))
+def _run(code: str, *args: str, **extra) -> dict:
+    proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
+                          timeout=300, env=_clean_env(**extra))
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.count("OUT ") == 1, proc.stdout
     return json.loads(proc.stdout.split("OUT ")[-1])
@@ -63,24 +63,25 @@ def test_started_with_the_tunable_a_step_faults_in_huge_pages():
 
 # What the CLI does first as a program; printed after, so a restart shows as one line, not two.
 RESTART = textwrap.dedent("""
-    import json, os
+    import json, os, sys
     from jaxmodels import cli
-    cli._restart_with_host_allocator()
+    cli._restart_with_host_allocator(sys.argv[1:])
     print("OUT " + json.dumps({"tunables": os.environ.get("GLIBC_TUNABLES"), "pid": os.getpid()}))
 """)
 
 
 @pytest.mark.skipif(not GLIBC, reason="the tunable is glibc's")
-def test_the_cli_restarts_itself_once_with_the_tunable():
-    out = _run(RESTART)
-    assert out["tunables"] == runtime.HOST_TUNABLES
+def test_the_cli_restarts_itself_once_with_the_tunable_for_commands_that_run_steps():
+    assert _run(RESTART, "train", "x.py")["tunables"] == runtime.HOST_TUNABLES
+    # Not worth a second start-up (about a second) for a command that runs no step.
+    assert _run(RESTART, "list")["tunables"] is None
 
 
 @pytest.mark.parametrize("env,expected", [({runtime.ALLOCATOR_ENV: "0"}, None),
                                           ({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}, "glibc.malloc.arena_max=2"),
                                           ({"JAX_PLATFORMS": "tpu"}, None)])
 def test_switch_off_user_tunables_and_accelerators_are_left_alone(env, expected):
-    assert _run(RESTART, **env)["tunables"] == expected
+    assert _run(RESTART, "train", **env)["tunables"] == expected
 
 
 def test_main_called_from_python_never_restarts(monkeypatch, capsys):
