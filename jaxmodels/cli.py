@@ -186,10 +186,13 @@ def _restart_with_host_allocator(argv: list[str]) -> None:
     if argv[:1] and argv[0] not in _STEP_COMMANDS:
         return
     env = runtime.host_allocator_env()
-    if env and getattr(sys, "orig_argv", None):
+    if env and sys.executable and getattr(sys, "orig_argv", None):
         sys.stdout.flush()
         sys.stderr.flush()
-        os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], {**os.environ, **env})
+        try:
+            os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], {**os.environ, **env})
+        except OSError:
+            pass  # an interpreter that cannot be started again: run on without the tunable
 
 
 def _exit_even_if_threads_hang(code: int) -> None:
