@@ -183,7 +183,7 @@ def _restart_with_host_allocator(argv: list[str]) -> None:
     `main(argv)` called in Python."""
     from jaxmodels import runtime
 
-    if argv[:1] and argv[0] not in _STEP_COMMANDS:
+    if not argv or argv[0] not in _STEP_COMMANDS:
         return
     env = runtime.host_allocator_env()
     if env and sys.executable and getattr(sys, "orig_argv", None):
