@@ -22,6 +22,8 @@ import subprocess
 import sys
 import time
 
+import bench_json
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 VARIANTS = {
@@ -107,10 +109,7 @@ def main(argv=None) -> None:
                 runs[(v, d)].append(res)
     rows, out = _table(runs, variants, depths)
     print(rows)
-    print(json.dumps(out))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(out, f, indent=1)
+    bench_json.emit(out, args.json)
 
 
 if __name__ == "__main__":

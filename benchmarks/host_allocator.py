@@ -20,6 +20,8 @@ import statistics
 import subprocess
 import sys
 
+import bench_json
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 
@@ -102,10 +104,7 @@ def main(argv=None) -> None:
             print(f"{setting:10s} {r['median_step_ms']:9.1f} {r['fastest_step_ms']:9.1f} "
                   f"{r['minor_faults_per_step']:12.0f} {r['system_cpu_s_per_step']:11.3f} "
                   f"{r.get('speedup', 1.0):6.2f}" + ("" if r["applied"] or setting == "off" else "  (not applied)"))
-    print(json.dumps(report))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=1)
+    bench_json.emit(report, args.json)
 
 
 if __name__ == "__main__":

@@ -122,6 +122,10 @@ SINGLE_THREAD_XLA = ["--xla_cpu_multi_thread_eigen=false", "intra_op_parallelism
 
 
 def child_env(tmp: str, xla_flags: str | None, single_thread: bool = False) -> dict:
+    # The settings a jaxmodels CLI run starts with (jaxmodels/runtime.py), given to every
+    # implementation alike unless the environment or the flags say otherwise.
+    from jaxmodels import runtime
+
     env = dict(os.environ)
     # One CPU device, as a plain script sees it: a simulated device count (the test suite's
     # conftest sets one) would split each batch over fake devices sharing the same cores.
@@ -129,20 +133,16 @@ def child_env(tmp: str, xla_flags: str | None, single_thread: bool = False) -> d
     if xla_flags is not None:
         flags = shlex.split(xla_flags)
     elif "XLA_FLAGS" not in os.environ:
-        # What a jaxmodels CLI or fit run gets here (jaxmodels/runtime.py sets them when XLA_FLAGS
-        # is unset), given to every JAX implementation alike: the hand-written Flax step and Keras
+        # What a jaxmodels CLI or fit run gets here (runtime.py sets them when XLA_FLAGS is
+        # unset), given to every JAX implementation alike: the hand-written Flax step and Keras
         # compile with the same XLA, so jaxmodels / Flax stays the framework's own cost.
-        from jaxmodels import runtime
-
         flags = list(runtime.CPU_FLAGS)
     if single_thread:
         flags += SINGLE_THREAD_XLA
         env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     env["XLA_FLAGS"] = " ".join(flags)
-    # The host allocator's tunable a jaxmodels CLI run starts with (jaxmodels/runtime.py), for
-    # every implementation alike: it is a property of the process, like the thread count.
-    from jaxmodels import runtime
-
+    # The host allocator's tunable, for every implementation alike (PyTorch included): it is a
+    # property of the process, like the thread count.
     env.update(runtime.host_allocator_env())
     # Fresh caches per sitting: the first repeat compiles cold, later ones hit (run-to-run
     # start-up stays short without hiding a first compile from the table).

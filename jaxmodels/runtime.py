@@ -194,7 +194,7 @@ def host_allocator_env() -> dict[str, str]:
 def host_allocator_active() -> bool:
     """Whether this process was started with the host allocator's tunable (read from the
     environment, which is where glibc read it at start-up)."""
-    return "glibc.malloc.hugetlb=1" in os.environ.get("GLIBC_TUNABLES", "").split(":")
+    return HOST_TUNABLES in os.environ.get("GLIBC_TUNABLES", "").split(":")
 
 
 def configure() -> None:

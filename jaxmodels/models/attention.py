@@ -13,8 +13,9 @@ The softmax(QK^T/sqrt(Dh))V (under muP, QK^T times `config.attention_scale`) its
 `implementation=None` picks XLA today, cuDNN where it applies), or the einsum and blocked causal
 forms of attention_ops.py, which are faster on CPU; "auto" (the default) takes the blocked form
 with its hand-written backward on CPU and "jax" on any other backend. All take K/V with fewer
-heads than Q and group the query heads themselves, so grouped-query attention never materialises repeated K/V; all
-compute the logits and the softmax in float32 whatever the input dtype. None has dropout on
+heads than Q and group the query heads themselves, so grouped-query attention never
+materialises repeated K/V; all compute the logits and the softmax in float32 whatever the
+input dtype. None has dropout on
 attention probabilities, so the blocks drop residual branches only.
 
 Projections: separate "query" [D, H, Dh], "key" and "value" [D, G, Dh] parameters, or with
