@@ -84,6 +84,90 @@ def test_run_smoke_writes_a_consistent_report(tmp_path):
     assert results["flax"]["vs_hand_written"] == 1.0
 
 
+def test_matmul_shapes_smoke_reports_each_product_consistently(tmp_path):
+    out = tmp_path / "matmuls.json"
+    p = _run([os.path.join(BENCH, "matmul_shapes.py"), "--smoke", "--json", str(out)], tmp_path)
+    report = json.loads(out.read_text())
+    assert report["benchmark"] == "matmul_shapes" and report["mode"] == "smoke"
+    assert json.loads(p.stdout.strip().splitlines()[-1]) == report  # the same report on stdout
+    rows = report["rows"]
+    assert [r["workload"] for r in rows] == [w for w in ("gpt_6l", "gpt_4l", "vit") for _ in range(5)]
+    for r in rows:
+        sides = ("xla", "torch") if HAS_TORCH else ("xla",)
+        for side in sides:
+            assert math.isfinite(r[f"{side}_ms"]) and r[f"{side}_ms"] > 0
+            assert _close(r[f"{side}_gflops"], r["gflop"] / (r[f"{side}_ms"] / 1e3))
+        if HAS_TORCH:
+            assert _close(r["xla_over_torch"], r["xla_gflops"] / r["torch_gflops"])
+            assert r["rel_diff"] < 1e-4
+        else:
+            assert "torch_ms" not in r and r["rel_diff"] is None
+
+
+def test_matmul_shapes_are_the_suite_models_shapes():
+    """The products the matmul benchmark times are the ones the suite's models run: its D, F, H
+    and T are read from workloads.py's shapes; here they must match the models' configs."""
+    import matmul_shapes
+
+    from jaxmodels.training import tasks
+
+    for name in matmul_shapes.SUITE:
+        w = workloads.get(name, "quick")
+        n = matmul_shapes.dims(name, w.shape)
+        outputs = 10 if w.family == "vit" else 65
+        cfg = tasks.resolve_model(w.config(10).model, type("Source", (), {"num_outputs": outputs})())
+        tokens = (28 // cfg.patch_size) ** 2 if w.family == "vit" else w.shape["seq_len"]
+        assert (n["D"], n["F"], n["H"], n["T"]) == (cfg.d_model, cfg.ff_width, cfg.num_heads, tokens), name
+        assert n["R"] == n["B"] * tokens and n["B"] == w.shape["batch"], name
+
+
+def test_step_ablation_smoke_removes_each_part_and_reports_consistently(tmp_path):
+    out = tmp_path / "ablation.json"
+    _run([os.path.join(BENCH, "step_ablation.py"), "--smoke", "--only", "vit", "--json", str(out)], tmp_path)
+    report = json.loads(out.read_text())
+    assert report["benchmark"] == "step_ablation" and list(report["workloads"]) == ["vit"]
+    wl = report["workloads"]["vit"]
+    for fw in ("jaxmodels", "torch") if HAS_TORCH else ("jaxmodels",):
+        r = wl[fw]
+        assert math.isfinite(r["loss"]) and r["step_ms"] > 0
+        assert sorted(r["part_ms"]) == ["attention", "gelu", "norm"]
+        for part, ms in r["part_ms"].items():
+            assert _close(ms, r["step_ms"] - r["without_ms"][part])
+            # The replacement was in effect: the step computed something else.
+            assert math.isfinite(r["without_loss"][part]) and r["without_loss"][part] != r["loss"], (fw, part)
+        assert _close(r["rest_ms"], r["step_ms"] - sum(r["part_ms"].values()))
+
+
+def test_layer_norm_benchmark_smoke_compares_the_same_function(tmp_path):
+    out = tmp_path / "layer_norm.json"
+    _run([os.path.join(BENCH, "layer_norm.py"), "--smoke", "--only", "vit", "--json", str(out)], tmp_path)
+    r = json.loads(out.read_text())["workloads"]["vit"]
+    assert math.isclose(r["first_loss"]["jaxmodels"], r["first_loss"]["flax"], rel_tol=1e-4)
+    assert r["flax_ms"] > 0 and r["jaxmodels_ms"] > 0 and len(r["speedups"]) == r["repeats"] == 1
+    assert _close(r["speedup_median"], statistics.median(r["speedups"]))
+
+
+def test_step_ablation_restores_what_it_replaces():
+    import flax.linen as nn
+    import step_ablation
+
+    from jaxmodels.models import attention_ops, transformer_blocks
+
+    before = (attention_ops.einsum_attention, attention_ops.blocked_causal_attention,
+              transformer_blocks.norm, nn.gelu)
+    for part, (index, *_) in (("attention", (0, 1)), ("norm", (2,)), ("gelu", (3,))):
+        with step_ablation.removed(part):
+            now = (attention_ops.einsum_attention, attention_ops.blocked_causal_attention,
+                   transformer_blocks.norm, nn.gelu)
+            assert now[index] is not before[index], part
+        assert (attention_ops.einsum_attention, attention_ops.blocked_causal_attention,
+                transformer_blocks.norm, nn.gelu) == before, part
+    with pytest.raises(ValueError, match="unknown part"):
+        with step_ablation.removed("dropout"):
+            pass
+    assert transformer_blocks.norm is before[2]
+
+
 @pytest.mark.slow
 def test_gpu_smoke_runs_on_cpu_and_its_check_passes(tmp_path):
     out = tmp_path / "gpu.json"

@@ -17,7 +17,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxmodels.models import attention, layers
+from jaxmodels.models import attention, layer_norm, layers
 from jaxmodels.models.transformer_config import TransformerCore
 
 
@@ -35,8 +35,11 @@ def norm(cfg: TransformerCore, name: str) -> nn.Module:
     eps = {} if cfg.norm_eps is None else {"epsilon": cfg.norm_eps}
     if cfg.norm == "rmsnorm":
         return nn.RMSNorm(scale_init=scale_init, dtype=dtype, param_dtype=param_dtype, name=name, **eps)
-    return nn.LayerNorm(scale_init=scale_init, dtype=dtype, param_dtype=param_dtype, name=name, **eps,
-                        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)))
+    # flax.linen.LayerNorm's function and parameters, with one-pass row reductions that XLA's
+    # CPU backend fuses itself (models/layer_norm.py says why and by how much).
+    return layer_norm.LayerNorm(scale_init=scale_init, dtype=dtype, param_dtype=param_dtype, name=name,
+                                bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
+                                **eps)
 
 
 class Mlp(nn.Module):

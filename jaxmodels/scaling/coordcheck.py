@@ -34,12 +34,13 @@ import numpy as np
 from jaxmodels import models
 from jaxmodels.config import Config
 from jaxmodels.errors import ConfigError, UserError
+from jaxmodels.models import layer_norm
 from jaxmodels.training import mup, optim, tasks
 from jaxmodels.training.state import init_state
 from jaxmodels.training.step import make_train_step
 
 DEFAULT_WIDTHS = (64, 128, 256, 512, 1024)
-_NOT_RECORDED = (nn.Dropout, nn.LayerNorm, nn.RMSNorm)
+_NOT_RECORDED = (nn.Dropout, nn.LayerNorm, nn.RMSNorm, layer_norm.LayerNorm)
 
 
 @dataclasses.dataclass(frozen=True)
