@@ -6,6 +6,8 @@ One tiny MLP on digits, in process: 6 steps, a log every step.
 """
 
 import dataclasses
+import gzip
+import json
 
 import numpy as np
 import pytest
@@ -62,7 +64,11 @@ def test_trace_of_the_steps_and_an_unchanged_run(tmp_path):
     loop.train(_with(profile_steps="3:4", profile_perfetto=True), profiled)
     traces = list((profiled / "profile").rglob("*.xplane.pb"))
     assert len(traces) == 1 and traces[0].stat().st_size > 0
-    assert list((profiled / "profile").rglob("*.trace.json.gz"))  # for ui.perfetto.dev
+    (perfetto,) = list((profiled / "profile").rglob("*.trace.json.gz"))  # for ui.perfetto.dev
+    # Every traced step, and only those, is annotated with its number (the step view's grouping).
+    events = json.load(gzip.open(perfetto))["traceEvents"]
+    steps = sorted(int(e["args"]["step_num"]) for e in events if e.get("name") == "train")
+    assert steps == [3, 4], steps
     assert not (plain / "profile").exists()
     assert _records(plain) == _records(profiled)
     a, b = _weights(plain), _weights(profiled)

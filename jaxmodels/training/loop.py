@@ -538,7 +538,8 @@ def _train(s: Setup, ckpt: checkpoint.Checkpoints, workdir: pathlib.Path, main: 
             vote = signals.vote  # every process stops at the same step
             for step in range(start_step + 1, last + 1):
                 profiler.before(step, state)
-                state, metrics = s.train_step(state, next(batches))
+                with profiler.step(step):
+                    state, metrics = s.train_step(state, next(batches))
                 mlog.add(step, metrics)
                 meter.stepped(step == start_step + 1, metrics)
                 bar.update(1)

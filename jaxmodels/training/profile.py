@@ -7,11 +7,14 @@ first step to leave the compile out). Only the main process traces (multi-host: 
 trace shows the collectives it waits in). Open it with `tensorboard --logdir WORKDIR` (profile
 tab, needs the tensorboard-plugin-profile / xprof package), `xprof WORKDIR/profile`, or, with
 `perfetto=True` (train.profile_perfetto), ui.perfetto.dev on the .trace.json.gz it also writes.
+Each traced step's dispatch is marked with `jax.profiler.StepTraceAnnotation("train",
+step_num=STEP)`: the profile tab's step-time view and the trace viewer group the work by step.
 Tracing changes no computed value: the steps run the same compiled programs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import pathlib
 
 import jax
@@ -58,6 +61,12 @@ class Profiler:
             self.active = True
         elif self.active and step > end:
             self.stop(state)
+
+    def step(self, step: int):
+        """A context for dispatching step `step`: its trace annotation while tracing, else none."""
+        if not self.active:
+            return contextlib.nullcontext()
+        return jax.profiler.StepTraceAnnotation("train", step_num=step)
 
     def stop(self, state) -> None:
         """Ends a trace in progress (state None: the loop failed, nothing to wait for)."""
