@@ -153,10 +153,12 @@ def test_hardware_flops_equal_the_matmuls_of_the_traced_train_step(cfg, shape):
 
 
 @functools.cache
-def _xla_flops(cfg, shape: tuple[int, ...], batch: int) -> float:
-    """XLA's FLOPs of one compiled (never run) train step on one device, plain SGD."""
+def _xla_flops(cfg, shape: tuple[int, ...], batch: int, optimized: bool = True) -> float:
+    """XLA's FLOPs of one compiled (never run) train step on one device, plain SGD; with
+    `optimized=False`, of the program as lowered, before XLA's passes."""
     step, state, batch_shapes = _step_and_shapes(cfg, shape, batch)
-    return flops.compiled_flops(jax.jit(step).lower(state, batch_shapes).compile())
+    lowered = jax.jit(step).lower(state, batch_shapes)
+    return flops.compiled_flops(lowered.compile() if optimized else lowered)
 
 
 def _same_conv_taps(n: int, k: int) -> int:
@@ -249,7 +251,13 @@ def test_remat_adds_the_recomputed_forward_that_xla_sees():
     # The recomputed attention is the full square in XLA too: one forward's worth of it.
     recompute_in_xla = (remat_acc.hardware_flops_per_example - remat_acc.model_flops_per_example
                         + _causal_square_counted_by_xla(LM, t) // 3)
-    extra = _xla_flops(remat, (t,), batch) - _xla_flops(LM, (t,), batch)
+    # The program as lowered, before XLA's passes: the CPU compiler drops the optimization
+    # barriers that keep the recomputation apart ("cse_barrier_expander") before its CSE, which
+    # then merges whatever recomputed subgraph is written exactly like its forward (with
+    # models/layer_norm.py's custom VJP, the attention). What the compiled CPU step recomputes
+    # is thus up to XLA; what remat asks for, and what the formula counts, is this.
+    extra = (_xla_flops(remat, (t,), batch, optimized=False)
+             - _xla_flops(LM, (t,), batch, optimized=False))
     ratio = extra / (batch * recompute_in_xla)
     # Recomputing the MLP down projection too would put this near 0.7.
     assert XLA_TOLERANCE[0] <= ratio <= XLA_TOLERANCE[1], f"XLA's extra / analytic recompute = {ratio:.4f}"
