@@ -58,7 +58,11 @@ def test_started_with_the_tunable_a_step_faults_in_huge_pages():
     on, off = _run(FAULTS, GLIBC_TUNABLES=runtime.HOST_TUNABLES), _run(FAULTS)
     assert on["active"] and not off["active"]
     assert off["faults"] > BLOCK_PAGES, off  # the probe does measure the mapping it is meant to
-    assert off["faults"] - on["faults"] > 0.9 * BLOCK_PAGES, (on, off)
+    # Not all of the block: where the kernel finds no free 2 MiB page at once (a busy machine,
+    # the other test worker compacting memory) it falls back to 4 KiB pages for part of the map.
+    # A CI run under `-n 2` saved 84 % of the block's faults (27,582 of 32,768); alone, 90 % and
+    # more. Without the tunable taking effect the two runs fault alike and this fails.
+    assert off["faults"] - on["faults"] > 0.5 * BLOCK_PAGES, (on, off)
 
 
 # What the CLI does first as a program; printed after, so a restart shows as one line, not two.
